@@ -1,0 +1,21 @@
+//! ONNX models as protobuf messages: decoding with clear errors, canonical encoding,
+//! fingerprints, f32 tensor access and a small graph builder.
+//!
+//! The message types in [`pb`] are generated from the full `onnx-ml.proto` (ONNX 1.23), not
+//! a subset: prost drops fields it does not know, so a subset would make decode → encode
+//! lossy for models that use them.
+
+mod builder;
+pub mod generate;
+mod model;
+mod tensor;
+
+pub use builder::{Attr, GraphBuilder};
+pub use model::{ModelError, ModelFingerprint, OnnxModel};
+pub use tensor::{TensorError, f32_le_bytes, f32_tensor, read_f32};
+
+/// Protobuf types generated from `onnx-ml.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
+}

@@ -1,0 +1,368 @@
+//! ONNX Runtime sessions for edge inference.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use cema_core::{Manifest, ManifestError, ModelError, NormDiscovery, NormParams, OnnxModel, ParamsError, math};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::TensorRef;
+
+/// Environment variable naming the ONNX Runtime library (also read by `ort` itself).
+pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+/// File name looked for next to the running binary.
+const LIBRARY_FILE: &str = "libonnxruntime.so";
+
+/// Why the runtime could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No ONNX Runtime library was found.
+    #[error(
+        "ONNX Runtime library not found; looked in: {}. Run scripts/setup.sh, set {ORT_DYLIB_ENV}, or pass the path in the config",
+        .looked.join(", ")
+    )]
+    LibraryNotFound {
+        /// Every place that was tried, with why it did not qualify.
+        looked: Vec<String>,
+    },
+    /// The library exists but could not be loaded (wrong file, too old a version).
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    LibraryLoad {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        reason: String,
+    },
+    /// ONNX Runtime refused the model or failed to run it.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    /// The model file is unusable.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The manifest is unusable or disagrees with the model.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A parameter update is invalid for this model.
+    #[error("parameter update refused: {0}")]
+    Params(#[from] ParamsError),
+    /// The batch does not fit the model input.
+    #[error("input holds {actual} values, expected {expected} ({batch} samples of {per_sample})")]
+    InputSize {
+        /// Values given.
+        actual: usize,
+        /// Values required.
+        expected: usize,
+        /// Samples in the batch.
+        batch: usize,
+        /// Values per sample.
+        per_sample: usize,
+    },
+    /// The model produced output of an unexpected size.
+    #[error("model output `{name}` has {actual} values, expected {expected} ({batch} × {classes} classes)")]
+    OutputSize {
+        /// Output name.
+        name: String,
+        /// Values produced.
+        actual: usize,
+        /// Values expected.
+        expected: usize,
+        /// Samples in the batch.
+        batch: usize,
+        /// Classes per sample.
+        classes: usize,
+    },
+}
+
+impl From<ort::Error> for RuntimeError {
+    fn from(e: ort::Error) -> Self {
+        RuntimeError::Ort(e.to_string())
+    }
+}
+
+/// The process-wide ONNX Runtime environment. ONNX Runtime can be loaded and initialised only
+/// once per process, so every session shares this one.
+#[derive(Debug, Clone)]
+pub struct OrtLibrary {
+    environment: ort::environment::Environment,
+    path: PathBuf,
+}
+
+static LIBRARY: Mutex<Option<OrtLibrary>> = Mutex::new(None);
+
+impl OrtLibrary {
+    /// Loads ONNX Runtime on first use; later calls return the loaded one.
+    ///
+    /// The library is looked for at `configured` (if given), then at `$ORT_DYLIB_PATH`, then
+    /// next to the running binary (`libonnxruntime.so` or `lib/libonnxruntime.so`).
+    pub fn get(configured: Option<&Path>) -> Result<OrtLibrary, RuntimeError> {
+        let mut slot = LIBRARY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(library) = slot.as_ref() {
+            return Ok(library.clone());
+        }
+        let path = locate(configured)?;
+        let load_error = |reason: String| RuntimeError::LibraryLoad { path: path.clone(), reason };
+        let environment = ort::init_from(&path)
+            .map_err(|e| load_error(e.to_string()))?
+            .with_name("cema-edge")
+            .build()
+            .map_err(|e| load_error(e.to_string()))?;
+        tracing::info!(path = %path.display(), "loaded ONNX Runtime");
+        let library = OrtLibrary { environment, path };
+        *slot = Some(library.clone());
+        Ok(library)
+    }
+
+    /// The file the library was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A plain ONNX Runtime session at full graph optimisation, for callers that run a model
+    /// directly (benchmarks against the agent, models whose output is not class logits).
+    pub fn session(&self, model: &[u8], intra_threads: usize) -> Result<Session, RuntimeError> {
+        build_session(self, model, intra_threads)
+    }
+}
+
+fn locate(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
+    locate_in(configured, std::env::var_os(ORT_DYLIB_ENV).map(PathBuf::from), exe_dir)
+}
+
+fn locate_in(
+    configured: Option<&Path>,
+    from_env: Option<PathBuf>,
+    exe_dir: Option<PathBuf>,
+) -> Result<PathBuf, RuntimeError> {
+    let mut looked = Vec::new();
+    let mut candidates: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(path) = configured {
+        candidates.push(("configured path".to_owned(), path.to_path_buf()));
+    }
+    match from_env {
+        Some(path) => candidates.push((format!("${ORT_DYLIB_ENV}"), path)),
+        None => looked.push(format!("${ORT_DYLIB_ENV} (not set)")),
+    }
+    if let Some(dir) = exe_dir {
+        candidates.push(("next to the binary".to_owned(), dir.join(LIBRARY_FILE)));
+        candidates.push(("next to the binary".to_owned(), dir.join("lib").join(LIBRARY_FILE)));
+    }
+    for (origin, path) in candidates {
+        if path.is_file() {
+            return Ok(path);
+        }
+        looked.push(format!("{} ({origin}: no such file)", path.display()));
+    }
+    Err(RuntimeError::LibraryNotFound { looked })
+}
+
+/// The result of predicting one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Samples in the batch.
+    pub batch: usize,
+    /// Classes per sample.
+    pub classes: usize,
+    /// Logits, `batch × classes`, row-major.
+    pub logits: Vec<f32>,
+    /// Softmax probabilities, `batch × classes`, row-major.
+    pub probs: Vec<f32>,
+    /// Entropy (nats) of each sample's prediction.
+    pub entropy: Vec<f32>,
+    /// Predicted class of each sample.
+    pub class: Vec<usize>,
+    /// The parameter version that produced these predictions.
+    pub params_version: u64,
+}
+
+impl Prediction {
+    /// Probabilities of sample `i`.
+    pub fn probs_of(&self, i: usize) -> &[f32] {
+        &self.probs[i * self.classes..(i + 1) * self.classes]
+    }
+}
+
+/// A session built with a given parameter version, ready to be swapped in.
+#[derive(Debug)]
+pub struct PreparedSession {
+    session: Session,
+    version: u64,
+}
+
+impl PreparedSession {
+    /// The parameter version this session runs.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+/// An edge model: the source ONNX model, its manifest, and the session currently serving.
+#[derive(Debug)]
+pub struct Runtime {
+    source: OnnxModel,
+    discovery: NormDiscovery,
+    manifest: Manifest,
+    library: OrtLibrary,
+    intra_threads: usize,
+    current: PreparedSession,
+}
+
+impl Runtime {
+    /// Builds a runtime from a model and its manifest, serving the model's own parameters
+    /// (version 0). `intra_threads` is ONNX Runtime's intra-op thread count (1 suits devices
+    /// whose cores are shared).
+    pub fn new(
+        library: OrtLibrary,
+        source: OnnxModel,
+        manifest: Manifest,
+        intra_threads: usize,
+    ) -> Result<Self, RuntimeError> {
+        manifest.check_model(&source)?;
+        let discovery = NormDiscovery::of(&source);
+        let session = build_session(&library, &source.encode(), intra_threads)?;
+        Ok(Self {
+            source,
+            discovery,
+            manifest,
+            library,
+            intra_threads,
+            current: PreparedSession { session, version: 0 },
+        })
+    }
+
+    /// Loads `model.onnx` and its manifest (`model.toml` beside it).
+    pub fn load(library: OrtLibrary, model: &Path, intra_threads: usize) -> Result<Self, RuntimeError> {
+        let source = OnnxModel::load(model)?;
+        let manifest = Manifest::load(Manifest::path_for(model))?;
+        Self::new(library, source, manifest, intra_threads)
+    }
+
+    /// The model's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The source model (before any parameter update).
+    pub fn source(&self) -> &OnnxModel {
+        &self.source
+    }
+
+    /// The normalisation layers of the model.
+    pub fn discovery(&self) -> &NormDiscovery {
+        &self.discovery
+    }
+
+    /// The parameter version currently serving.
+    pub fn version(&self) -> u64 {
+        self.current.version
+    }
+
+    /// Validates `params` and builds a session that uses them. Does not touch the serving
+    /// session, so it can run while predictions continue; an invalid update changes nothing.
+    pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
+        params.validate_against(&self.source, &self.discovery)?;
+        let bytes = params.apply(&self.source)?;
+        let session = build_session(&self.library, &bytes, self.intra_threads)?;
+        Ok(PreparedSession { session, version: params.version })
+    }
+
+    /// A session with the model's own parameters (version 0), for a reset.
+    pub fn prepare_source(&self) -> Result<PreparedSession, RuntimeError> {
+        let session = build_session(&self.library, &self.source.encode(), self.intra_threads)?;
+        Ok(PreparedSession { session, version: 0 })
+    }
+
+    /// Makes `prepared` the serving session. Takes `&mut self`, so it can never happen in
+    /// the middle of a batch.
+    pub fn swap(&mut self, prepared: PreparedSession) {
+        self.current = prepared;
+    }
+
+    /// Predicts a batch of preprocessed model inputs (`batch × sample_elements` values).
+    pub fn predict(&mut self, input: &[f32], batch: usize) -> Result<Prediction, RuntimeError> {
+        let per_sample = self.manifest.sample_elements();
+        let expected = batch * per_sample;
+        if input.len() != expected || batch == 0 {
+            return Err(RuntimeError::InputSize { actual: input.len(), expected, batch, per_sample });
+        }
+        let mut shape = vec![batch as i64];
+        shape.extend(self.manifest.input.shape.iter().map(|&d| d as i64));
+        let classes = self.manifest.num_classes();
+        let output_name = self.manifest.output.name.as_str();
+        let tensor = TensorRef::from_array_view((shape, input))?;
+        let outputs = self.current.session.run(ort::inputs![self.manifest.input.name.as_str() => tensor])?;
+        let value = outputs
+            .get(output_name)
+            .ok_or_else(|| RuntimeError::Ort(format!("the model produced no output named `{output_name}`")))?;
+        let (_, logits) = value.try_extract_tensor::<f32>()?;
+        if logits.len() != batch * classes {
+            return Err(RuntimeError::OutputSize {
+                name: output_name.to_owned(),
+                actual: logits.len(),
+                expected: batch * classes,
+                batch,
+                classes,
+            });
+        }
+        let logits = logits.to_vec();
+        let mut probs = vec![0.0; logits.len()];
+        let mut entropy = Vec::with_capacity(batch);
+        let mut class = Vec::with_capacity(batch);
+        for (row, out) in logits.chunks_exact(classes).zip(probs.chunks_exact_mut(classes)) {
+            math::softmax(row, out);
+            entropy.push(math::entropy_of_logits(row));
+            class.push(math::argmax(row).unwrap_or(0));
+        }
+        Ok(Prediction { batch, classes, logits, probs, entropy, class, params_version: self.current.version })
+    }
+}
+
+/// Builds a session at full graph optimisation from model bytes.
+fn build_session(library: &OrtLibrary, model: &[u8], intra_threads: usize) -> Result<Session, RuntimeError> {
+    // Builder errors are not `Send`; convert inside this function.
+    let build = || -> ort::Result<Session> {
+        let mut builder = Session::builder(&library.environment)?
+            .with_optimization_level(GraphOptimizationLevel::All)?
+            .with_intra_threads(intra_threads.max(1))?;
+        if intra_threads > 1 {
+            // Spinning threads steal the shared cores of small devices from everything else.
+            builder = builder.with_intra_op_spinning(false)?;
+        }
+        builder.commit_from_memory(model)
+    };
+    Ok(build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_library_error_names_every_place_looked() {
+        let err =
+            locate_in(Some(Path::new("/nonexistent/configured.so")), None, Some(PathBuf::from("/nonexistent/bin")))
+                .expect_err("found a library that does not exist");
+        let text = err.to_string();
+        for place in [
+            "/nonexistent/configured.so (configured path: no such file)",
+            "$ORT_DYLIB_PATH (not set)",
+            "/nonexistent/bin/libonnxruntime.so (next to the binary: no such file)",
+            "/nonexistent/bin/lib/libonnxruntime.so",
+            "scripts/setup.sh",
+        ] {
+            assert!(text.contains(place), "`{place}` missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn the_first_existing_candidate_wins() {
+        let dir = std::env::temp_dir().join(format!("cema-locate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let lib = dir.join(LIBRARY_FILE);
+        std::fs::write(&lib, b"").expect("write");
+        let found =
+            locate_in(Some(Path::new("/nonexistent.so")), Some(PathBuf::from("/also/missing.so")), Some(dir.clone()));
+        assert_eq!(found.expect("found"), lib);
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,137 @@
+//! Conversions between wire messages and `cema-core` types. Wire → core conversions check
+//! everything a hostile peer could get wrong and name the field at fault.
+
+use std::collections::BTreeMap;
+
+use cema_core::manifest::{Layout, PixelType};
+use cema_core::{Compression, EncodedSample, Encoding, Manifest, NormParams, NormTensor};
+
+use crate::v1;
+
+/// Why a wire message could not be converted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// A required message field is absent.
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    /// An enum field holds an unspecified or unknown value.
+    #[error("field `{field}` has unsupported value {value}")]
+    BadEnum {
+        /// The field.
+        field: &'static str,
+        /// The value received.
+        value: i32,
+    },
+    /// A tensor's byte length disagrees with its dims.
+    #[error("tensor `{name}`: dims {dims:?} need {expected} bytes, found {actual}")]
+    TensorLength {
+        /// Tensor name.
+        name: String,
+        /// Declared dims.
+        dims: Vec<u64>,
+        /// Bytes required.
+        expected: u64,
+        /// Bytes present.
+        actual: usize,
+    },
+    /// A tensor name occurs twice in one parameter set.
+    #[error("tensor `{0}` occurs twice")]
+    DuplicateTensor(String),
+}
+
+/// Encodes a core sample for the wire.
+pub fn sample_to_wire(sample: &EncodedSample) -> v1::EncodedTensor {
+    v1::EncodedTensor {
+        encoding: match sample.encoding {
+            Encoding::U8 => v1::SampleEncoding::U8,
+            Encoding::F16 => v1::SampleEncoding::F16,
+            Encoding::F32 => v1::SampleEncoding::F32,
+        } as i32,
+        compression: match sample.compression {
+            Compression::None => v1::SampleCompression::None,
+            Compression::Zstd => v1::SampleCompression::Zstd,
+        } as i32,
+        dims: sample.dims.clone(),
+        data: sample.data.clone(),
+    }
+}
+
+/// Reads a wire sample into a core sample (the payload is decoded later, under limits).
+pub fn sample_from_wire(tensor: v1::EncodedTensor) -> Result<EncodedSample, ConvertError> {
+    let encoding = match v1::SampleEncoding::try_from(tensor.encoding) {
+        Ok(v1::SampleEncoding::U8) => Encoding::U8,
+        Ok(v1::SampleEncoding::F16) => Encoding::F16,
+        Ok(v1::SampleEncoding::F32) => Encoding::F32,
+        _ => {
+            return Err(ConvertError::BadEnum { field: "encoding", value: tensor.encoding });
+        }
+    };
+    let compression = match v1::SampleCompression::try_from(tensor.compression) {
+        Ok(v1::SampleCompression::None) => Compression::None,
+        Ok(v1::SampleCompression::Zstd) => Compression::Zstd,
+        Err(_) => {
+            return Err(ConvertError::BadEnum { field: "compression", value: tensor.compression });
+        }
+    };
+    Ok(EncodedSample { encoding, compression, dims: tensor.dims, data: tensor.data })
+}
+
+/// Encodes normalisation parameters for the wire.
+pub fn norm_params_to_wire(params: &NormParams, scope: &str) -> v1::NormParams {
+    v1::NormParams {
+        version: params.version,
+        scope: scope.to_owned(),
+        tensors: params
+            .tensors
+            .iter()
+            .map(|(name, t)| v1::NormTensor {
+                name: name.clone(),
+                dims: t.dims.iter().map(|&d| d as u64).collect(),
+                data: cema_core::onnx::f32_le_bytes(&t.values),
+            })
+            .collect(),
+    }
+}
+
+/// Reads wire parameters. Byte lengths are checked here; names, shapes and finiteness are
+/// checked against the model by [`NormParams::validate`].
+pub fn norm_params_from_wire(params: v1::NormParams) -> Result<NormParams, ConvertError> {
+    let mut tensors = BTreeMap::new();
+    for t in params.tensors {
+        let count = t.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let expected = count.and_then(|c| c.checked_mul(4));
+        if expected != Some(t.data.len() as u64) {
+            return Err(ConvertError::TensorLength {
+                name: t.name,
+                dims: t.dims,
+                expected: expected.unwrap_or(u64::MAX),
+                actual: t.data.len(),
+            });
+        }
+        let values = t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let dims = t.dims.iter().map(|&d| d as usize).collect();
+        if tensors.insert(t.name.clone(), NormTensor { dims, values }).is_some() {
+            return Err(ConvertError::DuplicateTensor(t.name));
+        }
+    }
+    Ok(NormParams { version: params.version, tensors })
+}
+
+/// The manifest summary both sides compare at registration.
+pub fn manifest_summary(manifest: &Manifest) -> v1::ManifestSummary {
+    v1::ManifestSummary {
+        input_name: manifest.input.name.clone(),
+        input_shape: manifest.input.shape.iter().map(|&d| d as u64).collect(),
+        layout: match manifest.input.layout {
+            Layout::Nchw => "nchw",
+            Layout::Nhwc => "nhwc",
+        }
+        .to_owned(),
+        pixels: match manifest.input.pixels {
+            PixelType::U8 => v1::PixelType::U8,
+            PixelType::F32 => v1::PixelType::F32,
+        } as i32,
+        output_name: manifest.output.name.clone(),
+        num_classes: manifest.num_classes() as u32,
+    }
+}
