@@ -1,0 +1,9 @@
+//! The CEMA cloud service.
+//!
+//! Built so far: the device [`registry`], which issues per-device bearer tokens (shown once,
+//! stored only as SHA-256 hashes in sled) and authenticates them in constant time. The gRPC
+//! service, ingest, the adaptation engine and parameter broadcast build on it.
+
+pub mod registry;
+
+pub use registry::{AuthError, Device, DeviceRegistry, RegistryError};
