@@ -23,6 +23,23 @@ enum Command {
     /// Manage the devices allowed to connect.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Inspect models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Will this model work? Runs it with burn and ONNX Runtime, lists operators and
+    /// normalisation layers, and ends with `supported=… bn_layers=… max_rel_err=…`.
+    /// Exits non-zero when unsupported or when the engines differ by more than 1e-4.
+    Check {
+        /// The ONNX model (a manifest `model.toml` beside it is used if present).
+        model: PathBuf,
+        /// Samples in the random batch.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -46,23 +63,35 @@ enum DeviceCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let db = sled::open(cli.data_dir.join("state"))
-        .with_context(|| format!("opening the cloud state in {}", cli.data_dir.display()))?;
-    let registry = DeviceRegistry::open(&db)?;
     match cli.command {
-        Command::Device(DeviceCommand::Add { id, model }) => {
+        Command::Model(ModelCommand::Check { model, batch }) => {
+            let report = cema_cloud::check::check_model(&model, batch.max(1)).map_err(anyhow::Error::msg)?;
+            print!("{}", report.text);
+            println!("{}", report.summary_line());
+            std::process::exit(if report.passed() { 0 } else { 1 });
+        }
+        Command::Device(command) => device(&cli.data_dir, command),
+    }
+}
+
+fn device(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
+    let db = sled::open(data_dir.join("state"))
+        .with_context(|| format!("opening the cloud state in {}", data_dir.display()))?;
+    let registry = DeviceRegistry::open(&db)?;
+    match command {
+        DeviceCommand::Add { id, model } => {
             let token = registry.add(&id, &model)?;
             eprintln!("device `{id}` added for model `{model}`; its token (store it now, it is not shown again):");
             println!("{token}");
         }
-        Command::Device(DeviceCommand::List) => {
+        DeviceCommand::List => {
             println!("{:<24} {:<16} {:<8} created (unix s)", "device", "model", "status");
             for device in registry.list()? {
                 let status = if device.revoked { "revoked" } else { "active" };
                 println!("{:<24} {:<16} {:<8} {}", device.id, device.model_id, status, device.created_unix_s);
             }
         }
-        Command::Device(DeviceCommand::Revoke { id }) => {
+        DeviceCommand::Revoke { id } => {
             registry.revoke(&id)?;
             println!("device `{id}` revoked");
         }

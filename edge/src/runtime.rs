@@ -122,6 +122,21 @@ impl OrtLibrary {
     pub fn session(&self, model: &[u8], intra_threads: usize) -> Result<Session, RuntimeError> {
         build_session(self, model, intra_threads)
     }
+
+    /// Runs `model` once on one input and returns its first output as f32 values: for checks
+    /// that compare engines or reference outputs, not for serving.
+    pub fn run_once(
+        &self,
+        model: &[u8],
+        input_name: &str,
+        dims: &[usize],
+        input: &[f32],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let mut session = self.session(model, 1)?;
+        let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
+        let outputs = session.run(ort::inputs![input_name => tensor])?;
+        Ok(outputs[0].try_extract_tensor::<f32>()?.1.to_vec())
+    }
 }
 
 fn locate(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {

@@ -9,7 +9,6 @@ use cema_core::onnx::pb::TensorProto;
 use cema_core::onnx::read_f32;
 use cema_core::{Manifest, NormParams, NormTensor, OnnxModel, ParamsError};
 use cema_edge::{OrtLibrary, Runtime, RuntimeError};
-use ort::value::TensorRef;
 use prost::Message;
 
 const BACKEND_DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/data/onnx-backend");
@@ -147,12 +146,8 @@ fn pytorch_batchnorm_export_follows_patched_parameters() {
     let (dims, input) = tensor_file("BatchNorm2d_eval/input_0.pb");
     let (_, pytorch_output) = tensor_file("BatchNorm2d_eval/output_0.pb");
     let input_name = model.input_names()[0].to_owned();
-    let run = |bytes: &[u8]| -> Vec<f32> {
-        let mut session = library().session(bytes, 1).expect("session");
-        let tensor = TensorRef::from_array_view((dims.clone(), input.as_slice())).expect("tensor");
-        let outputs = session.run(ort::inputs![input_name.as_str() => tensor]).expect("run");
-        outputs[0].try_extract_tensor::<f32>().expect("f32").1.to_vec()
-    };
+    let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    let run = |bytes: &[u8]| library().run_once(bytes, &input_name, &dims, &input).expect("run");
 
     let expected: Vec<f64> = pytorch_output.iter().map(|&v| v as f64).collect();
     assert_close(&run(&model.encode()), &expected, "source vs PyTorch");
@@ -165,7 +160,7 @@ fn pytorch_batchnorm_export_follows_patched_parameters() {
     for (name, values) in layer.parameter_names().iter().zip(&bn) {
         update.tensors.insert(name.to_string(), NormTensor { dims: vec![channels], values: values.clone() });
     }
-    let plane = (dims[2] * dims[3]) as usize;
+    let plane = dims[2] * dims[3];
     let expected: Vec<f64> = input
         .iter()
         .enumerate()

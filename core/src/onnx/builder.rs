@@ -28,6 +28,8 @@ pub enum Attr {
     Ints(Vec<i64>),
     /// A single float.
     Float(f32),
+    /// A string (stored as bytes).
+    Str(&'static str),
 }
 
 impl GraphBuilder {
@@ -154,6 +156,10 @@ fn attribute(name: &str, value: &Attr) -> AttributeProto {
         Attr::Float(v) => {
             attr.r#type = Some(AttributeType::Float as i32);
             attr.f = Some(*v);
+        }
+        Attr::Str(v) => {
+            attr.r#type = Some(AttributeType::String as i32);
+            attr.s = Some(v.as_bytes().to_vec());
         }
     }
     attr

@@ -1,0 +1,32 @@
+//! `cema-cloud model check`: passes an adaptable model, explains a model it cannot run.
+
+use cema_cloud::check::{MAX_RELATIVE_ERROR, check_model};
+use cema_core::onnx::generate::ConvBnClassifier;
+
+#[test]
+fn an_adaptable_model_passes_with_its_figures() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ConvBnClassifier::seeded(3, 10, 16, 5);
+    let path = dir.path().join("classifier.onnx");
+    std::fs::write(&path, spec.model().expect("model").encode()).expect("write model");
+    std::fs::write(dir.path().join("classifier.toml"), spec.manifest_toml()).expect("write manifest");
+
+    let report = check_model(&path, 3).expect("check");
+    assert!(report.passed(), "{}", report.text);
+    assert_eq!(report.bn_layers, 1);
+    assert!(report.max_rel_err.expect("compared") <= MAX_RELATIVE_ERROR);
+    assert!(report.text.contains("BatchNormalization×1") && report.text.contains("Conv×1"), "{}", report.text);
+    assert!(report.text.contains("agrees with the model"), "{}", report.text);
+    let line = report.summary_line();
+    assert!(line.starts_with("supported=true bn_layers=1 max_rel_err="), "{line}");
+}
+
+#[test]
+fn a_model_with_unsupported_operators_is_explained() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../core/tests/data/onnx-backend/light_resnet50.onnx");
+    let report = check_model(std::path::Path::new(path), 1).expect("check");
+    assert!(!report.passed());
+    assert!(!report.supported);
+    assert!(report.text.contains("not adaptable"), "{}", report.text);
+    assert!(report.summary_line().starts_with("supported=false"), "{}", report.summary_line());
+}
