@@ -5,6 +5,7 @@
 //! [`check`], which tells a user whether their ONNX model can be adapted. The gRPC service,
 //! ingest, the adaptation engine and parameter broadcast build on them.
 
+pub mod bench;
 pub mod check;
 pub mod registry;
 

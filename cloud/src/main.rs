@@ -26,6 +26,16 @@ enum Command {
     /// Inspect models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Measure (prints figures, asserts nothing).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// burn forward vs ONNX Runtime, pretraining throughput, CEMA step time; ends with a
+    /// `key=value` line including `step_seconds` and `forward_vs_ort`.
+    Compute,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +79,11 @@ fn main() -> Result<()> {
             print!("{}", report.text);
             println!("{}", report.summary_line());
             std::process::exit(if report.passed() { 0 } else { 1 });
+        }
+        Command::Bench(BenchCommand::Compute) => {
+            let line = cema_cloud::bench::bench_compute().map_err(anyhow::Error::msg)?;
+            println!("{line}");
+            Ok(())
         }
         Command::Device(command) => device(&cli.data_dir, command),
     }

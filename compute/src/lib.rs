@@ -17,6 +17,7 @@ mod graph;
 mod norm;
 mod plan;
 mod train;
+pub mod zoo;
 
 use burn::Tensor;
 use burn::tensor::{Device, TensorData};

@@ -1,6 +1,7 @@
 //! The burn executor computes what ONNX Runtime computes (full graph optimisation), for every
 //! supported operator and attribute variant and for an ImageNet-size depthwise CNN.
 
+use cema_compute::zoo::{ResNetSpec, mobile_224};
 use cema_compute::{Graph, NormMode, Trainable, batch, cpu, values};
 use cema_core::OnnxModel;
 use cema_core::onnx::generate::{ConvBnClassifier, SplitMix64};
@@ -281,63 +282,13 @@ fn conv_bn_classifier_matches() {
     check("conv-bn classifier", &spec.model().expect("model"), [4, 3, 8, 8], 9);
 }
 
-/// A MobileNet-style 224-px CNN: strided stem, explicit Pad nodes before unpadded depthwise
-/// convolutions, ReLU6 as Clip, pointwise convolutions, global pooling and a Gemm head.
-fn imagenet_size_cnn(seed: u64) -> OnnxModel {
-    let mut rng = SplitMix64::new(seed);
-    let mut g = GraphBuilder::new("mobile", 17);
-    let x = g.input("x", &[None, Some(3), Some(224), Some(224)]);
-    let zero = scalar(&mut g, "zero", 0.0);
-    let six = scalar(&mut g, "six", 6.0);
-    let pads = g.int64_initializer("pads", &[0, 0, 1, 1, 0, 0, 1, 1]);
-    let mut h = x;
-    let mut channels = 3;
-    let ints = |v: &[i64]| Attr::Ints(v.to_vec());
-    let bn = |g: &mut GraphBuilder, h: &str, c: usize, name: &str, rng: &mut SplitMix64| {
-        let params = [rng.vec(c, 0.5, 1.5), rng.vec(c, -0.2, 0.2), rng.vec(c, -0.2, 0.2), rng.vec(c, 0.5, 2.0)];
-        g.batch_norm(h, name, [&params[0], &params[1], &params[2], &params[3]], 1e-5)
-    };
-    for (i, (out, stride)) in [(16usize, 2i64), (32, 2), (64, 2), (64, 1)].into_iter().enumerate() {
-        // Depthwise 3x3 after an explicit Pad (stride as given), then pointwise 1x1.
-        let padded = g.node("Pad", &[&h, &pads], &[&format!("pad{i}")], &[]);
-        let fan = (9 * channels) as f32;
-        let dw = g.initializer(
-            &format!("dw{i}.w"),
-            &[channels, 1, 3, 3],
-            &rng.vec(channels * 9, -1.0, 1.0).iter().map(|v| v * 3.0 / fan.sqrt()).collect::<Vec<_>>(),
-        );
-        let d = g.node(
-            "Conv",
-            &[&padded, &dw],
-            &[&format!("dw{i}")],
-            &[
-                ("group", Attr::Int(channels as i64)),
-                ("strides", ints(&[stride, stride])),
-                ("kernel_shape", ints(&[3, 3])),
-            ],
-        );
-        let d = bn(&mut g, &d, channels, &format!("dw{i}.bn"), &mut rng);
-        let d = g.node("Clip", &[&d, &zero, &six], &[&format!("dw{i}.relu6")], &[]);
-        let pw = g.initializer(
-            &format!("pw{i}.w"),
-            &[out, channels, 1, 1],
-            &rng.vec(out * channels, -1.0, 1.0).iter().map(|v| v / (channels as f32).sqrt()).collect::<Vec<_>>(),
-        );
-        let p = g.node("Conv", &[&d, &pw], &[&format!("pw{i}")], &[]);
-        let p = bn(&mut g, &p, out, &format!("pw{i}.bn"), &mut rng);
-        h = g.node("Clip", &[&p, &zero, &six], &[&format!("pw{i}.relu6")], &[]);
-        channels = out;
-    }
-    let pooled = g.node("GlobalAveragePool", &[&h], &["pool"], &[]);
-    let flat = g.node("Flatten", &[&pooled], &["flat"], &[]);
-    let w = g.initializer("fc.w", &[10, channels], &rng.vec(10 * channels, -0.3, 0.3));
-    let b = g.initializer("fc.b", &[10], &rng.vec(10, -0.1, 0.1));
-    g.node("Gemm", &[&flat, &w, &b], &["logits"], &[("transB", Attr::Int(1))]);
-    g.output("logits", &[None, Some(10)]);
-    g.build().expect("model")
+#[test]
+fn imagenet_size_depthwise_cnn_matches() {
+    check("224-px depthwise CNN", &mobile_224(7).expect("model"), [2, 3, 224, 224], 11);
 }
 
 #[test]
-fn imagenet_size_depthwise_cnn_matches() {
-    check("224-px depthwise CNN", &imagenet_size_cnn(7), [2, 3, 224, 224], 11);
+fn built_in_architectures_match() {
+    check("student architecture", &ResNetSpec::STUDENT.build(1).expect("model"), [3, 1, 28, 28], 12);
+    check("foundation architecture", &ResNetSpec::FOUNDATION.build(2).expect("model"), [2, 1, 28, 28], 13);
 }
