@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use burn::Tensor;
-use burn::tensor::{TensorData, activation};
+use burn::tensor::activation;
+use cema_compute::loss::{cross_entropy, mean_entropy};
 use cema_compute::zoo::{ResNetSpec, mobile_224};
 use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu, cpu_autodiff};
 use cema_core::OnnxModel;
@@ -29,19 +29,6 @@ fn median_seconds(mut run: impl FnMut()) -> f64 {
 
 fn input(n: usize, c: usize, side: usize, seed: u64) -> (Vec<f32>, [usize; 4]) {
     (SplitMix64::new(seed).vec(n * c * side * side, -1.0, 1.0), [n, c, side, side])
-}
-
-fn mean_entropy(logits: Tensor<2>) -> Tensor<1> {
-    let log_p = activation::log_softmax(logits, 1);
-    log_p.clone().exp().mul(log_p).sum_dim(1).neg().mean()
-}
-
-fn cross_entropy(logits: Tensor<2>, labels: &[usize]) -> Tensor<1> {
-    let [n, classes] = logits.dims();
-    let mut one_hot = vec![0.0f32; n * classes];
-    labels.iter().enumerate().for_each(|(i, &l)| one_hot[i * classes + l] = 1.0);
-    let target = Tensor::<2>::from_data(TensorData::new(one_hot, [n, classes]), &logits.device());
-    activation::log_softmax(logits, 1).mul(target).sum_dim(1).neg().mean()
 }
 
 /// burn inference throughput divided by ONNX Runtime's (2 intra-op threads, as burn uses both cores).

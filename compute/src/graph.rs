@@ -231,6 +231,19 @@ impl Graph {
         self.plan.stored.iter().filter(|(_, s)| s.initializer).map(|(_, s)| s.name.as_str()).collect()
     }
 
+    /// `model` (the file this graph was loaded from) with every stored initializer replaced by
+    /// its current value: the trained weights and running statistics, ready for ONNX Runtime.
+    pub fn export(&self, model: &OnnxModel) -> Result<OnnxModel, GraphError> {
+        let values: Vec<(&str, Vec<f32>)> = self
+            .plan
+            .stored
+            .iter()
+            .filter(|(_, s)| s.initializer)
+            .filter_map(|(_, s)| self.stored_values(&s.name).map(|v| (s.name.as_str(), v)))
+            .collect();
+        Ok(model.with_f32_initializers(values.iter().map(|(n, v)| (*n, v.as_slice())))?)
+    }
+
     /// The current normalisation state (γ, β, running mean and variance of every layer).
     pub fn norm_params(&self, version: u64) -> NormParams {
         let mut params = NormParams { version, tensors: Default::default() };

@@ -14,6 +14,7 @@
 
 mod error;
 mod graph;
+pub mod loss;
 mod norm;
 mod plan;
 mod train;

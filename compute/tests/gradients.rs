@@ -2,6 +2,7 @@
 //! an independent f64 reference; SGD follows PyTorch's momentum rule and touches nothing frozen.
 
 use burn::Tensor;
+use cema_compute::loss::mean_entropy;
 use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values};
 use cema_core::OnnxModel;
 use cema_core::onnx::generate::SplitMix64;
@@ -194,11 +195,6 @@ fn tbr_forward_equals_inference_forward() {
     for (a, b) in run(NormMode::Tbr).iter().zip(run(NormMode::Inference)) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
-}
-
-fn mean_entropy(logits: Tensor<2>) -> Tensor<1> {
-    let log_p = burn::tensor::activation::log_softmax(logits, 1);
-    log_p.clone().exp().mul(log_p).sum_dim(1).neg().mean()
 }
 
 #[test]

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 
 use crate::norm::NormDiscovery;
 use crate::onnx::pb::TensorProto;
-use crate::onnx::pb::tensor_proto::DataType;
 use crate::onnx::{OnnxModel, read_f32};
 
 /// One named parameter tensor.
@@ -156,15 +155,10 @@ impl NormParams {
     /// Validates, then returns a copy of `model` whose normalisation initializers hold these values.
     pub fn patch(&self, model: &OnnxModel) -> Result<OnnxModel, ParamsError> {
         self.validate(model)?;
-        let mut patched = model.clone();
-        for initializer in patched.initializers_mut() {
-            if let Some(tensor) = self.tensors.get(initializer.name()) {
-                initializer.data_type = Some(DataType::Float as i32);
-                initializer.float_data.clear();
-                initializer.raw_data = Some(crate::onnx::f32_le_bytes(&tensor.values));
-            }
-        }
-        Ok(patched)
+        model
+            .with_f32_initializers(self.tensors.iter().map(|(name, t)| (name.as_str(), t.values.as_slice())))
+            // Validation established that every name exists with these dims.
+            .map_err(|e| ParamsError::Unreadable { name: String::new(), reason: e.to_string() })
     }
 
     /// Validates, then returns the encoded bytes of `model` with these parameters applied,

@@ -35,6 +35,9 @@ pub enum ModelError {
     /// An initializer name occurs twice.
     #[error("initializer `{0}` is defined more than once")]
     DuplicateInitializer(String),
+    /// A replacement names an initializer the model does not have.
+    #[error("the model has no initializer `{0}`")]
+    UnknownInitializer(String),
 }
 
 /// SHA-256 of a model's canonical protobuf encoding: the identity a device registers with.
@@ -168,8 +171,34 @@ impl OnnxModel {
         ModelFingerprint(Sha256::digest(self.encode()).into())
     }
 
-    /// Mutable access to the initializers, for parameter patching inside this crate.
-    pub(crate) fn initializers_mut(&mut self) -> &mut Vec<TensorProto> {
-        &mut self.proto.graph.as_mut().unwrap_or_else(|| unreachable!("validated in from_proto")).initializer
+    /// A copy whose named initializers hold new f32 values (stored as little-endian raw data).
+    /// Each name must exist and each value count must equal the initializer's element count.
+    pub fn with_f32_initializers<'a>(
+        &self,
+        values: impl IntoIterator<Item = (&'a str, &'a [f32])>,
+    ) -> Result<OnnxModel, ModelError> {
+        let mut patched = self.clone();
+        let graph = patched.proto.graph.as_mut().unwrap_or_else(|| unreachable!("validated in from_proto"));
+        for (name, new) in values {
+            let tensor = graph
+                .initializer
+                .iter_mut()
+                .find(|t| t.name() == name)
+                .ok_or_else(|| ModelError::UnknownInitializer(name.to_owned()))?;
+            let expected = super::tensor::element_count(tensor)?;
+            if new.len() != expected {
+                return Err(ModelError::Tensor(TensorError::LengthMismatch {
+                    name: name.to_owned(),
+                    dims: tensor.dims.clone(),
+                    expected,
+                    actual: new.len(),
+                    unit: "elements",
+                }));
+            }
+            tensor.data_type = Some(super::pb::tensor_proto::DataType::Float as i32);
+            tensor.float_data.clear();
+            tensor.raw_data = Some(super::tensor::f32_le_bytes(new));
+        }
+        Ok(patched)
     }
 }
