@@ -144,15 +144,15 @@ pub(crate) struct Plan {
     pub(crate) norm_layers: Vec<NormLayer>,
 }
 
-struct Builder<'m> {
+#[derive(Default)]
+struct Builder {
     slots: HashMap<String, usize>,
     stored: Vec<(usize, Stored)>,
     ints: HashMap<String, Vec<i64>>,
     floats: HashMap<String, Vec<f32>>,
-    model: &'m OnnxModel,
 }
 
-impl Builder<'_> {
+impl Builder {
     fn slot(&mut self, name: &str) -> usize {
         let next = self.slots.len();
         *self.slots.entry(name.to_owned()).or_insert(next)
@@ -190,7 +190,6 @@ impl Builder<'_> {
             // Other element types only matter if a node reads them; it will then be refused.
             _ => {}
         }
-        let _ = self.model;
         Ok(())
     }
 
@@ -309,8 +308,7 @@ impl Plan {
         let [output_name] = outputs.as_slice() else {
             return Err(GraphError::Graph(format!("expected exactly one output (the logits), found {outputs:?}")));
         };
-        let mut b =
-            Builder { slots: HashMap::new(), stored: Vec::new(), ints: HashMap::new(), floats: HashMap::new(), model };
+        let mut b = Builder::default();
         let input = b.slot(input_name);
         for tensor in &model.graph().initializer {
             b.add_tensor(tensor.name(), tensor, true)?;
@@ -369,7 +367,7 @@ fn parse(
     name: &str,
     op_type: &str,
     opset: i64,
-    b: &Builder<'_>,
+    b: &Builder,
     norm_index: &mut usize,
 ) -> Result<Op, GraphError> {
     let attrs = |known: &[&str]| Attributes::new(node, name, known);
