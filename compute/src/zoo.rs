@@ -54,17 +54,17 @@ impl ResNetSpec {
         let c = self.in_channels as i64;
         let s = self.side as i64;
         let x = g.input("input", &[None, Some(c), Some(s), Some(s)]);
-        let mut h = conv_bn(&mut g, &mut rng, &x, "stem", self.in_channels, self.width, 1, true);
+        let mut h = conv_bn(&mut g, &mut rng, &x, "stem", self.in_channels, self.width, 3, 1, true);
         let mut channels = self.width;
         for (stage, &blocks) in self.blocks.iter().enumerate() {
             let out = self.width << stage;
             for block in 0..blocks {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{block}", stage + 1);
-                let a = conv_bn(&mut g, &mut rng, &h, &format!("{name}.a"), channels, out, stride, true);
-                let b = conv_bn(&mut g, &mut rng, &a, &format!("{name}.b"), out, out, 1, false);
+                let a = conv_bn(&mut g, &mut rng, &h, &format!("{name}.a"), channels, out, 3, stride, true);
+                let b = conv_bn(&mut g, &mut rng, &a, &format!("{name}.b"), out, out, 3, 1, false);
                 let shortcut = if stride != 1 || channels != out {
-                    projection(&mut g, &mut rng, &h, &format!("{name}.down"), channels, out, stride)
+                    conv_bn(&mut g, &mut rng, &h, &format!("{name}.down"), channels, out, 1, stride, false)
                 } else {
                     h.clone()
                 };
@@ -152,6 +152,8 @@ fn bn_params(channels: usize) -> [Vec<f32>; 4] {
     [vec![1.0; channels], vec![0.0; channels], vec![0.0; channels], vec![1.0; channels]]
 }
 
+/// A `kernel × kernel` convolution (padding keeps the size at stride 1) and BatchNormalization,
+/// optionally followed by ReLU.
 #[allow(clippy::too_many_arguments)]
 fn conv_bn(
     g: &mut GraphBuilder,
@@ -160,43 +162,26 @@ fn conv_bn(
     name: &str,
     inp: usize,
     out: usize,
+    kernel: usize,
     stride: i64,
     relu: bool,
 ) -> String {
-    let w = g.initializer(&format!("{name}.conv.weight"), &[out, inp, 3, 3], &he(rng, out * inp * 9, inp * 9));
+    let fan_in = inp * kernel * kernel;
+    let w = g.initializer(&format!("{name}.conv.weight"), &[out, inp, kernel, kernel], &he(rng, out * fan_in, fan_in));
+    let pad = (kernel / 2) as i64;
     let conv = g.node(
         "Conv",
         &[input, &w],
         &[&format!("{name}.conv.out")],
         &[
-            ("kernel_shape", Attr::Ints(vec![3, 3])),
-            ("pads", Attr::Ints(vec![1, 1, 1, 1])),
+            ("kernel_shape", Attr::Ints(vec![kernel as i64; 2])),
+            ("pads", Attr::Ints(vec![pad; 4])),
             ("strides", Attr::Ints(vec![stride, stride])),
         ],
     );
     let [a, b, c, d] = bn_params(out);
     let bn = g.batch_norm(&conv, &format!("{name}.bn"), [&a, &b, &c, &d], 1e-5);
     if relu { g.node("Relu", &[&bn], &[&format!("{name}.relu")], &[]) } else { bn }
-}
-
-fn projection(
-    g: &mut GraphBuilder,
-    rng: &mut SplitMix64,
-    input: &str,
-    name: &str,
-    inp: usize,
-    out: usize,
-    stride: i64,
-) -> String {
-    let w = g.initializer(&format!("{name}.conv.weight"), &[out, inp, 1, 1], &he(rng, out * inp, inp));
-    let conv = g.node(
-        "Conv",
-        &[input, &w],
-        &[&format!("{name}.conv.out")],
-        &[("kernel_shape", Attr::Ints(vec![1, 1])), ("strides", Attr::Ints(vec![stride, stride]))],
-    );
-    let [a, b, c, d] = bn_params(out);
-    g.batch_norm(&conv, &format!("{name}.bn"), [&a, &b, &c, &d], 1e-5)
 }
 
 #[cfg(test)]
