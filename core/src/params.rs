@@ -154,7 +154,12 @@ impl NormParams {
 
     /// Validates, then returns a copy of `model` whose normalisation initializers hold these values.
     pub fn patch(&self, model: &OnnxModel) -> Result<OnnxModel, ParamsError> {
-        self.validate(model)?;
+        self.patch_against(model, &NormDiscovery::of(model))
+    }
+
+    /// [`patch`](Self::patch) with a discovery the caller already holds.
+    pub fn patch_against(&self, model: &OnnxModel, discovery: &NormDiscovery) -> Result<OnnxModel, ParamsError> {
+        self.validate_against(model, discovery)?;
         model
             .with_f32_initializers(self.tensors.iter().map(|(name, t)| (name.as_str(), t.values.as_slice())))
             // Validation established that every name exists with these dims.

@@ -275,8 +275,8 @@ impl Runtime {
     /// Validates `params` and builds a session that uses them. Does not touch the serving
     /// session, so it can run while predictions continue; an invalid update changes nothing.
     pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
-        params.validate_against(&self.source, &self.discovery)?;
-        let bytes = params.apply(&self.source)?;
+        // Validation happens inside the patch, once, with the discovery made at load time.
+        let bytes = params.patch_against(&self.source, &self.discovery)?.encode();
         let session = build_session(&self.library, &bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
     }
