@@ -1,5 +1,5 @@
 # CEMA: cloud–edge model adaptation. `make help` lists the targets.
-.PHONY: help setup test lint fmt
+.PHONY: help setup demo eval test lint fmt
 
 CARGO ?= cargo
 
@@ -8,6 +8,14 @@ help: ## list targets
 
 setup: ## install ONNX Runtime (PyPI wheel) and Fashion-MNIST (Debian) — idempotent
 	bash scripts/setup.sh
+
+demo: setup ## the main job: a real cloud and 3 edge agents on the built-in models (runs/demo-*/)
+	$(CARGO) build --release --locked --bins
+	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim demo
+
+eval: setup ## methods compared on severity-5 streams (runs/eval-*/; about 30 minutes)
+	$(CARGO) build --release --locked --bins
+	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim eval
 
 test: setup ## setup, then every test of the workspace
 	$(CARGO) test --workspace --locked

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use burn::tensor::activation;
-use cema_compute::loss::{cross_entropy, mean_entropy};
+use cema_compute::loss::cross_entropy;
 use cema_compute::zoo::{ResNetSpec, mobile_224};
 use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu, cpu_autodiff};
+
 use cema_core::OnnxModel;
 use cema_core::onnx::generate::SplitMix64;
 use cema_edge::OrtLibrary;
@@ -68,36 +68,37 @@ fn pretrain_rate(model: &OnnxModel, n: usize) -> Result<f64, String> {
     Ok(n as f64 / seconds)
 }
 
-/// The compute of one CEMA cloud step: a foundation-model TBR step on 32 new samples, a
-/// foundation forward on 128 (the teacher), and a student TBR step on 128. Losses are an
-/// entropy stand-in until the adaptation engine lands; they cost a negligible share.
-fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, dims: [usize; 3]) -> Result<f64, String> {
-    let device = cpu_autodiff();
-    let mut student = Graph::load(student, &device, Trainable::NormAffine).map_err(|e| e.to_string())?;
-    let mut teacher = Graph::load(foundation, &device, Trainable::NormAffine).map_err(|e| e.to_string())?;
-    let [c, h, _] = dims;
-    let (new, new_dims) = input(32, c, h, 3);
-    let (all, all_dims) = input(128, c, h, 4);
-    let (mut sgd_s, mut sgd_t) = (Sgd::new(2.5e-3, 0.9), Sgd::new(2.5e-4, 0.9));
+/// Seconds of one CEMA cloud step with the real adaptation engine: a foundation step on 32
+/// new samples and a distillation step on those 32 plus 96 replayed (the full step once the
+/// replay buffer holds 256).
+fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> Result<f64, String> {
+    use crate::adapt::{AdaptConfig, Adapter};
+    use cema_core::SampleValues;
+    let manifest = cema_core::Manifest::parse(manifest).map_err(|e| e.to_string())?;
+    let mut adapter = Adapter::new((student, &manifest), (foundation, &manifest), AdaptConfig::default())?;
+    let mut rng = SplitMix64::new(3);
+    let samples: Vec<SampleValues> = (0..128)
+        .map(|_| SampleValues::U8((0..manifest.sample_elements()).map(|_| (rng.next_u64() >> 56) as u8).collect()))
+        .collect();
+    let new: Vec<&SampleValues> = samples[..32].iter().collect();
+    let all: Vec<&SampleValues> = samples.iter().collect();
+    let mut state = adapter.initial_state();
+    let mut failure = None;
     let seconds = median_seconds(|| {
-        if let Ok(f) = teacher.forward(batch(&new, new_dims, &device), NormMode::Tbr) {
-            let grads = mean_entropy(f.logits).backward();
-            sgd_t.step(&mut teacher, &grads);
-            teacher.update_running_stats(&f.batch_stats);
-        }
-        let targets = teacher.forward(batch(&all, all_dims, &device), NormMode::Inference).map(|f| f.logits.detach());
-        if let (Ok(f), Ok(t)) = (student.forward(batch(&all, all_dims, &device), NormMode::Tbr), targets) {
-            let kl = activation::softmax(t.clone(), 1)
-                .mul(activation::log_softmax(t, 1).sub(activation::log_softmax(f.logits.clone(), 1)))
-                .sum_dim(1)
-                .mean();
-            let grads = kl.add(mean_entropy(f.logits)).backward();
-            sgd_s.step(&mut student, &grads);
-            student.update_running_stats(&f.batch_stats);
+        let step = adapter.foundation_step(&mut state, &new).and_then(|_| adapter.distill_step(&mut state, &all));
+        if let Err(e) = step {
+            failure = Some(e);
         }
     });
-    Ok(seconds)
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(seconds),
+    }
 }
+
+const MOBILE_MANIFEST: &str = "[input]\nname = \"x\"\nshape = [3, 224, 224]\nlayout = \"nchw\"\npixels = \"u8\"\n\n\
+    [output]\nname = \"logits\"\n\n[preprocess]\nscale = 0.003921569\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n\n\
+    [classes]\nnames = [\"c0\", \"c1\", \"c2\", \"c3\", \"c4\", \"c5\", \"c6\", \"c7\", \"c8\", \"c9\"]\n";
 
 /// Runs every measurement, printing as it goes; returns the closing `key=value` line.
 pub fn bench_compute() -> Result<String, String> {
@@ -116,14 +117,164 @@ pub fn bench_compute() -> Result<String, String> {
     let student_train = pretrain_rate(&student, 64)?;
     let foundation_train = pretrain_rate(&foundation, 64)?;
     println!("pretraining step, batch 64: student {student_train:.0} img/s, foundation {foundation_train:.0} img/s");
-    let step = cema_step_seconds(&student, &foundation, [1, 28, 28])?;
-    println!(
-        "CEMA step (foundation TBR step on 32 + teacher forward and student TBR step on 128), built-ins: {step:.3} s"
-    );
+    let step = cema_step_seconds(&student, &foundation, &crate::builtin::BuiltIn::Student.manifest_toml(&[]))?;
+    println!("CEMA step (foundation step on 32 + distillation on 32 new and 96 replayed), built-ins: {step:.3} s");
     let mobile = mobile_224(3).map_err(|e| e.to_string())?;
-    let step_224 = cema_step_seconds(&mobile, &mobile, [3, 224, 224])?;
+    let step_224 = cema_step_seconds(&mobile, &mobile, MOBILE_MANIFEST)?;
     println!("CEMA step, 224-px depthwise CNN as student and foundation: {step_224:.3} s");
     Ok(format!(
         "forward_vs_ort={ratio:.3} step_seconds={step:.3} step_seconds_224={step_224:.3} pretrain_student_img_per_s={student_train:.0} pretrain_foundation_img_per_s={foundation_train:.0}"
     ))
+}
+
+/// `cema-cloud bench ingest`: a cloud in this process (tiny models, a temporary state folder)
+/// and `devices` simulated devices on loopback, each streaming requests of 16 small samples
+/// and waiting for each acknowledgement. Prints samples/s, ack latency percentiles, and the
+/// memory an idle scope costs; returns the closing `key=value` line.
+pub fn bench_ingest(devices: usize, seconds: f64) -> Result<String, String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    runtime.block_on(ingest(devices.max(1), seconds))
+}
+
+async fn ingest(devices: usize, seconds: f64) -> Result<String, String> {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use cema_proto::v1::cema_client::CemaClient;
+    use cema_proto::v1::{Sample, UploadRequest};
+
+    use crate::server::{Cloud, CloudConfig, ModelConfig};
+
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (model, _) = crate::builtin::write_tiny_models(dir.path()).map_err(|e| e.to_string())?;
+    let manifest_text = crate::builtin::BuiltIn::Student.manifest_toml(&[]);
+    let config = CloudConfig {
+        grpc_addr: "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?,
+        admin_addr: "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?,
+        engine_workers: 1,
+        models: BTreeMap::from([(
+            "default".to_owned(),
+            ModelConfig {
+                edge: model.clone(),
+                foundation: model.clone(),
+                scope: Default::default(),
+                keep_versions: 5,
+                adapt: Default::default(),
+            },
+        )]),
+    };
+    let cloud = Cloud::start(&config, &dir.path().join("data")).await.map_err(|e| format!("{e:#}"))?;
+    let addr = format!("http://{}", cloud.grpc_addr());
+    let registry = cloud.registry();
+    let tokens: Vec<String> = (0..devices)
+        .map(|i| registry.add(&format!("dev-{i}"), "default").map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cloud.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let fingerprint = cema_core::OnnxModel::load(&model).map_err(|e| e.to_string())?.fingerprint().to_hex();
+    let manifest = cema_core::Manifest::parse(&manifest_text).map_err(|e| e.to_string())?;
+    let summary = cema_proto::manifest_summary(&manifest);
+    let pixels = cema_core::codec::encode_u8(&[1, 28, 28], &[128u8; 784], cema_core::Compression::None)
+        .map_err(|e| e.to_string())?;
+    let input = cema_proto::sample_to_wire(&pixels);
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let (addr, input, fingerprint, summary) = (addr.clone(), input.clone(), fingerprint.clone(), summary.clone());
+        tasks.push(tokio::spawn(async move {
+            let device = format!("dev-{i}");
+            let channel = tonic::transport::Endpoint::from_shared(addr).ok()?.connect().await.ok()?;
+            let auth = cema_proto::bearer(&token);
+            let mut client = CemaClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+                r.metadata_mut()
+                    .insert(cema_proto::AUTHORIZATION, auth.parse().map_err(|_| tonic::Status::internal("token"))?);
+                Ok(r)
+            });
+            let register = cema_proto::v1::RegisterRequest {
+                device_id: device.clone(),
+                model_fingerprint: fingerprint,
+                manifest: Some(summary),
+                agent_version: "bench".into(),
+                applied_version: 0,
+            };
+            client.register(register).await.ok()?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut acks = client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.ok()?.into_inner();
+            let mut latencies = Vec::new();
+            let mut seq = 0u64;
+            while Instant::now() < deadline {
+                let samples = (0..16)
+                    .map(|_| {
+                        seq += 1;
+                        Sample { seq, input: Some(input.clone()), entropy: 0.3, params_version: 0, predicted_class: 0 }
+                    })
+                    .collect();
+                let sent = Instant::now();
+                tx.send(UploadRequest { device_id: device.clone(), samples, batch_ends: Vec::new() }).await.ok()?;
+                acks.message().await.ok()??;
+                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+            }
+            Some(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        if let Ok(Some(l)) = task.await {
+            latencies.extend(l);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pick =
+        |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    let rate = latencies.len() as f64 * 16.0 / elapsed;
+    let (p50, p99) = (pick(0.5), pick(0.99));
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    println!(
+        "ingest, {devices} devices × requests of 16 samples (28×28 u8), each durable before its ack: {rate:.0} samples/s, ack p50 {p50:.2} ms, p99 {p99:.2} ms"
+    );
+    Ok(format!("devices={devices} samples_per_s={rate:.0} p50_ack_ms={p50:.2} p99_ack_ms={p99:.2}"))
+}
+
+/// Resident memory of this process in bytes.
+fn rss_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |pages| pages * 4096.0)
+}
+
+/// Memory of idle adaptation scopes: RSS growth while `scopes` device scopes are created and
+/// given their (source) state, divided by their number.
+pub fn bench_idle_scopes(scopes: usize) -> Result<String, String> {
+    use crate::adapt::{AdaptConfig, Adapter};
+    let student = ResNetSpec::STUDENT.build(1).map_err(|e| e.to_string())?;
+    let foundation = ResNetSpec::FOUNDATION.build(2).map_err(|e| e.to_string())?;
+    let manifest =
+        cema_core::Manifest::parse(&crate::builtin::BuiltIn::Student.manifest_toml(&[])).map_err(|e| e.to_string())?;
+    let adapter = Adapter::new((&student, &manifest), (&foundation, &manifest), AdaptConfig::default())?;
+    let (tx, _rx) = tokio::sync::watch::channel(0u64);
+    let before = rss_bytes();
+    let states: Vec<_> = (0..scopes)
+        .map(|_| {
+            let mut s = adapter.initial_state();
+            // A scope that has stepped also holds momentum for every γ and β.
+            s.student_velocity = s.student.tensors.iter().map(|(n, t)| (n.clone(), t.values.clone())).collect();
+            s.foundation_velocity = s.foundation.tensors.iter().map(|(n, t)| (n.clone(), t.values.clone())).collect();
+            (s, tx.subscribe(), crate::store::ScopeMeta::default())
+        })
+        .collect();
+    let per_scope = (rss_bytes() - before) / scopes as f64;
+    let approx = states.first().map(|s| s.0.approx_bytes()).unwrap_or(0);
+    println!(
+        "idle scope (built-ins, state with momentum, watcher, bookkeeping): {:.0} KB measured by RSS over {scopes} scopes ({:.0} KB of tensors)",
+        per_scope / 1024.0,
+        approx as f64 / 1024.0
+    );
+    drop(states);
+    Ok(format!("idle_scope_kb={:.0}", per_scope / 1024.0))
 }

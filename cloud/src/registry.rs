@@ -138,6 +138,7 @@ impl DeviceRegistry {
                 .map_or(0, |d| d.as_secs()),
             revoked: false,
         };
+        let _writes = crate::store::write_guard();
         let inserted = self.devices.compare_and_swap(id, None::<&[u8]>, Some(record.encode_to_vec()))?;
         if inserted.is_err() {
             return Err(RegistryError::AlreadyExists(id.to_owned()));
@@ -169,6 +170,7 @@ impl DeviceRegistry {
         let value = self.devices.get(id)?.ok_or_else(|| RegistryError::UnknownDevice(id.to_owned()))?;
         let mut record = StoredDevice::decode(value.as_ref()).map_err(|_| RegistryError::Corrupt(id.to_owned()))?;
         record.revoked = true;
+        let _writes = crate::store::write_guard();
         self.devices.insert(id, record.encode_to_vec())?;
         self.db.flush()?;
         Ok(())

@@ -204,6 +204,11 @@ impl Graph {
             .filter_map(|(slot, v)| v.as_ref().map(|v| (slot, &v.t)))
     }
 
+    /// The ONNX name of a stored tensor's slot.
+    pub(crate) fn slot_name(&self, slot: usize) -> Option<&str> {
+        self.plan.stored.iter().find(|(s, _)| *s == slot).map(|(_, stored)| stored.name.as_str())
+    }
+
     /// Replaces a trainable leaf's tensor (after an optimiser step).
     pub(crate) fn set_leaf(&mut self, slot: usize, tensor: Tensor<4>) {
         if let Some(value) = self.stored[slot].as_mut() {
@@ -242,6 +247,49 @@ impl Graph {
             .filter_map(|(_, s)| self.stored_values(&s.name).map(|v| (s.name.as_str(), v)))
             .collect();
         Ok(model.with_f32_initializers(values.iter().map(|(n, v)| (*n, v.as_slice())))?)
+    }
+
+    /// Replaces the normalisation state (γ, β, running mean and variance) with `params`,
+    /// which must name every tensor of every layer with one value per channel. Lets one loaded
+    /// graph serve many adaptation scopes: their frozen weights are shared, only this state
+    /// differs. On error nothing changes.
+    pub fn load_norm_params(&mut self, params: &NormParams) -> Result<(), GraphError> {
+        let mut updates = Vec::new();
+        for (slots, layer) in self.norm.iter().zip(&self.plan.norm_layers) {
+            let names = layer.parameter_names();
+            for (slot, name) in [slots.scale, slots.bias, slots.mean, slots.var].into_iter().zip(names) {
+                let tensor =
+                    params.tensors.get(name).ok_or_else(|| GraphError::Graph(format!("parameters lack `{name}`")))?;
+                if tensor.values.len() != layer.channels {
+                    return Err(GraphError::Graph(format!(
+                        "`{name}` has {} values, the layer {} channels",
+                        tensor.values.len(),
+                        layer.channels
+                    )));
+                }
+                let current = self.stored[slot].as_ref().ok_or_else(|| GraphError::Graph(format!("`{name}` unset")))?;
+                let t = Tensor::<4>::from_data(TensorData::new(tensor.values.clone(), current.t.dims()), &self.device);
+                let t = if self.trainable[slot] { t.require_grad() } else { t };
+                updates.push((slot, Value { t, rank: current.rank }));
+            }
+        }
+        for (slot, value) in updates {
+            self.stored[slot] = Some(value);
+        }
+        Ok(())
+    }
+
+    /// Sets every layer's running statistics to the given batch statistics (CEMA's
+    /// `stats_init = first_batch`).
+    pub fn set_running_stats(&mut self, batch_stats: &[Option<BatchStats>]) {
+        for (slots, stats) in self.norm.iter().zip(batch_stats) {
+            let Some(stats) = stats else { continue };
+            for (slot, batch) in [(slots.mean, &stats.mean), (slots.var, &stats.var)] {
+                if let Some(value) = self.stored[slot].as_mut() {
+                    value.t = batch.clone().reshape(value.t.dims()).detach();
+                }
+            }
+        }
     }
 
     /// The current normalisation state (γ, β, running mean and variance of every layer).

@@ -67,8 +67,9 @@ pub(crate) fn normalise(
             let flat: Tensor<2> = x_t.clone().swap_dims(0, axis).reshape([channels, per_channel]);
             let mean = flat.clone().mean_dim(1).reshape(shape);
             if mode == NormMode::Batch {
-                let unbiased = flat.clone().var(1).reshape(shape);
-                let var = flat.var_bias(1).reshape(shape);
+                let unbiased = flat.var(1).reshape(shape);
+                // One reduction serves both: biased = unbiased · (M − 1)/M.
+                let var = unbiased.clone().mul_scalar((per_channel - 1) as f64 / per_channel as f64);
                 let y = x_t.sub(mean.clone()).div(var.add_scalar(eps).sqrt()).mul(gamma).add(beta);
                 (y, Some(BatchStats { mean: mean.detach(), var: unbiased.detach() }))
             } else {

@@ -10,7 +10,7 @@ use cema_edge::OrtLibrary;
 
 #[test]
 fn trained_weights_export_to_a_model_ort_runs_identically() {
-    let spec = ResNetSpec { width: 4, blocks: [1, 1, 1], in_channels: 1, side: 12, classes: 10 };
+    let spec = ResNetSpec { widths: [4, 8, 16], blocks: [1, 1, 1], in_channels: 1, side: 12, classes: 10 };
     let model = spec.build(5).expect("model");
     let mut graph = Graph::load(&model, &cpu_autodiff(), Trainable::All).expect("load");
     let mut sgd = Sgd::new(0.05, 0.9);

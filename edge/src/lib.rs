@@ -1,15 +1,27 @@
 //! The CEMA edge agent: forward-only inference on the device.
 //!
-//! Built so far: the ONNX Runtime [`runtime`], which loads the runtime library once per
-//! process, builds sessions from a model and its manifest, predicts batches with entropies,
-//! and prepares sessions with new normalisation parameters off the inference path so they can
-//! be swapped in between batches. Selection, the durable outbox, the uploader, the parameter
-//! watcher and the binary build on it.
+//! - [`runtime`]: ONNX Runtime loaded once per process; sessions from a model and manifest;
+//!   batched predictions with entropies; sessions with new parameters prepared off the
+//!   inference path and swapped between batches.
+//! - [`selector`]: which predictions are uploaded (cema-spec's bounds and redundancy filter).
+//! - [`outbox`]: the durable, bounded queue of selected samples and batch-end markers.
+//! - [`link`]: the uploader and the parameter watcher (gRPC, reconnecting).
+//! - [`agent`]: the loop that ties them together; [`admin`] and [`metrics`] for operations.
 //!
 //! The edge never trains: every parameter change arrives from the cloud as a complete
 //! [`cema_core::NormParams`] version and is applied by rebuilding the session from a patched
 //! model (see [`cema_core::params`] for why patching is the only reliable way).
 
+pub mod admin;
+pub mod agent;
+pub mod bench;
+pub mod link;
+pub mod metrics;
+pub mod outbox;
 pub mod runtime;
+pub mod selector;
 
-pub use runtime::{OrtLibrary, Prediction, PreparedSession, Runtime, RuntimeError};
+pub use agent::{Agent, AgentConfig, AgentError, Pacing, PredictionRecord};
+pub use link::CloudLink;
+pub use runtime::{OrtLibrary, Prediction, PreparedSession, Preparer, Runtime, RuntimeError};
+pub use selector::{Preset, Selector, SelectorConfig};

@@ -211,6 +211,25 @@ impl PreparedSession {
     }
 }
 
+/// Builds sessions with new parameters for a runtime, from any thread (the parameter watcher
+/// prepares off the inference path; the inference loop only swaps).
+#[derive(Debug, Clone)]
+pub struct Preparer {
+    source: std::sync::Arc<OnnxModel>,
+    discovery: std::sync::Arc<NormDiscovery>,
+    library: OrtLibrary,
+    intra_threads: usize,
+}
+
+impl Preparer {
+    /// Validates `params` against the model and builds a session that uses them.
+    pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
+        let bytes = params.patch_against(&self.source, &self.discovery)?.encode();
+        let session = build_session(&self.library, &bytes, self.intra_threads)?;
+        Ok(PreparedSession { session, version: params.version })
+    }
+}
+
 /// An edge model: the source ONNX model, its manifest, and the session currently serving.
 #[derive(Debug)]
 pub struct Runtime {
@@ -279,6 +298,16 @@ impl Runtime {
         let bytes = params.patch_against(&self.source, &self.discovery)?.encode();
         let session = build_session(&self.library, &bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
+    }
+
+    /// A handle that prepares sessions for this runtime on another thread.
+    pub fn preparer(&self) -> Preparer {
+        Preparer {
+            source: std::sync::Arc::new(self.source.clone()),
+            discovery: std::sync::Arc::new(self.discovery.clone()),
+            library: self.library.clone(),
+            intra_threads: self.intra_threads,
+        }
     }
 
     /// A session with the model's own parameters (version 0), for a reset.

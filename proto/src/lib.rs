@@ -31,7 +31,7 @@ pub const UPLOAD_BATCH_TARGET_BYTES: usize = MAX_MESSAGE_BYTES / 4;
 /// target travels alone; the receiver refuses it only if it exceeds [`MAX_MESSAGE_BYTES`].
 pub fn split_upload(device_id: &str, samples: Vec<v1::Sample>, target_bytes: usize) -> Vec<v1::UploadRequest> {
     use prost::Message;
-    let empty = || v1::UploadRequest { device_id: device_id.to_owned(), samples: Vec::new() };
+    let empty = || v1::UploadRequest { device_id: device_id.to_owned(), samples: Vec::new(), batch_ends: Vec::new() };
     let mut requests = Vec::new();
     let mut current = empty();
     let mut size = current.encoded_len();

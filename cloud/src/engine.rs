@@ -1,0 +1,405 @@
+//! The adaptation engine: scopes, their scheduling onto compute threads, and the broadcast of
+//! each new parameter version.
+//!
+//! A scope is scheduled when a batch-end marker is stored for it. A fixed pool of engine
+//! threads (default 1: burn's kernels already use every core) takes scheduled scopes one at a
+//! time, so a scope is never adapted by two threads at once, and runs its rounds: for each
+//! marker, while ≥ `cloud_batch` samples precede it, a foundation step and a distillation step
+//! (with replay once the buffer holds `replay_min`); if none ran, a replay-only step. Each
+//! step is committed with its consumed entries, then published to the scope's watchers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use cema_core::{DecodeLimits, Manifest, ModelFingerprint, OnnxModel, SampleValues};
+use cema_proto::v1;
+use cema_shift::rng::Rng;
+use tokio::sync::watch;
+
+use crate::adapt::{AdaptConfig, Adapter, CloudMethod, ScopeState};
+use crate::metrics::Metrics;
+use crate::store::{Commit, QueueEntry, ScopeMeta, Store, StoreError};
+
+/// Whether devices of a model share one adaptation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeKind {
+    /// Each device adapts on its own uploads and receives its own parameters.
+    #[default]
+    Device,
+    /// All devices of the model share one adaptation.
+    Fleet,
+}
+
+/// A model the cloud serves: the edge model, its foundation model and how to adapt.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    /// Model id (devices are registered for one).
+    pub id: String,
+    /// The edge model as deployed (source parameters).
+    pub edge: OnnxModel,
+    /// Its manifest.
+    pub edge_manifest: Manifest,
+    /// Fingerprint the edges must present.
+    pub fingerprint: ModelFingerprint,
+    /// The foundation model.
+    pub foundation: OnnxModel,
+    /// Its manifest.
+    pub foundation_manifest: Manifest,
+    /// Step settings.
+    pub adapt: AdaptConfig,
+    /// Device or fleet scopes.
+    pub scope: ScopeKind,
+    /// Parameter versions kept per scope (for rollback).
+    pub keep_versions: u64,
+}
+
+impl ModelEntry {
+    /// The scope a device of this model adapts in.
+    pub fn scope_for(&self, device: &str) -> String {
+        match self.scope {
+            ScopeKind::Device => format!("device:{device}"),
+            ScopeKind::Fleet => format!("fleet:{}", self.id),
+        }
+    }
+
+    /// Decodes a stored or uploaded sample, checking it against the edge manifest: encoding
+    /// fits the pixel type, dims equal the input shape, values finite.
+    pub fn decode_sample(&self, tensor: &v1::EncodedTensor) -> Result<SampleValues, String> {
+        let sample = cema_proto::sample_from_wire(tensor.clone()).map_err(|e| e.to_string())?;
+        let shape = &self.edge_manifest.input.shape;
+        if sample.dims.len() != shape.len() || sample.dims.iter().zip(shape).any(|(a, b)| *a != *b as u64) {
+            return Err(format!("dims {:?} differ from the model input {shape:?}", sample.dims));
+        }
+        let values = sample.decode(DecodeLimits::for_dims(shape)).map_err(|e| e.to_string())?;
+        match (&values, self.edge_manifest.input.pixels) {
+            (SampleValues::U8(_), cema_core::manifest::PixelType::U8) => Ok(values),
+            (SampleValues::F32(v), cema_core::manifest::PixelType::F32) => {
+                if v.iter().all(|x| x.is_finite()) {
+                    Ok(values)
+                } else {
+                    Err("non-finite values".to_owned())
+                }
+            }
+            (SampleValues::U8(_), _) => Err("u8 samples for a model whose manifest takes f32 input".to_owned()),
+            (SampleValues::F32(_), _) => Err("float samples for a model whose manifest takes u8 pixels".to_owned()),
+        }
+    }
+}
+
+/// The latest state of a scope, as watchers see it.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Latest version (0 = source parameters).
+    pub version: u64,
+    /// That version's parameters (absent for version 0).
+    pub params: Option<Arc<v1::NormParams>>,
+    /// Per device, the highest processed batch index.
+    pub through: Arc<HashMap<String, u64>>,
+}
+
+struct ScopeHandle {
+    model: Arc<ModelEntry>,
+    published: watch::Sender<Published>,
+    scheduled: AtomicBool,
+}
+
+/// Scopes, their work, and the engine threads.
+pub struct Engine {
+    store: Store,
+    models: HashMap<String, Arc<ModelEntry>>,
+    scopes: Mutex<HashMap<String, Arc<ScopeHandle>>>,
+    work: Mutex<Option<mpsc::Sender<String>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("models", &self.models.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the engine over `store`, starts `workers` engine threads, and schedules every
+    /// scope that still has work from before a restart.
+    pub fn start(
+        store: Store,
+        models: Vec<ModelEntry>,
+        workers: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, Vec<std::thread::JoinHandle<()>>), String> {
+        let models: HashMap<String, Arc<ModelEntry>> =
+            models.into_iter().map(|m| (m.id.clone(), Arc::new(m))).collect();
+        let (tx, rx) = mpsc::channel::<String>();
+        let engine =
+            Arc::new(Self { store, models, scopes: Mutex::new(HashMap::new()), work: Mutex::new(Some(tx)), metrics });
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::new();
+        for i in 0..workers.max(1) {
+            let engine = Arc::clone(&engine);
+            let rx = Arc::clone(&rx);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("cema-engine-{i}"))
+                    .spawn(move || engine.work_loop(&rx))
+                    .map_err(|e| format!("starting an engine thread: {e}"))?,
+            );
+        }
+        for scope in engine.store.scopes().map_err(|e| e.to_string())? {
+            if let Some(model) = engine.model_of_scope(&scope) {
+                engine.scope(&scope, &model).map_err(|e| e.to_string())?;
+                engine.schedule(&scope);
+            }
+        }
+        Ok((engine, threads))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A served model.
+    pub fn model(&self, id: &str) -> Option<Arc<ModelEntry>> {
+        self.models.get(id).cloned()
+    }
+
+    fn model_of_scope(&self, scope: &str) -> Option<Arc<ModelEntry>> {
+        if let Some(model) = scope.strip_prefix("fleet:") {
+            return self.model(model);
+        }
+        let device = scope.strip_prefix("device:")?;
+        // A device scope's model is the device's registered model; the registry lives in
+        // the same database.
+        let registry = crate::DeviceRegistry::open(&self.store.db()).ok()?;
+        self.model(&registry.get(device).ok()?.model_id)
+    }
+
+    /// Subscribes to a scope's versions, creating the scope if new.
+    pub fn subscribe(&self, scope: &str, model: &Arc<ModelEntry>) -> Result<watch::Receiver<Published>, StoreError> {
+        Ok(self.scope(scope, model)?.published.subscribe())
+    }
+
+    /// The latest published state of a scope.
+    pub fn latest(&self, scope: &str, model: &Arc<ModelEntry>) -> Result<Published, StoreError> {
+        Ok(self.scope(scope, model)?.published.borrow().clone())
+    }
+
+    /// Number of scopes in memory, and of connected watchers over all of them.
+    pub fn counts(&self) -> (usize, usize) {
+        let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        (scopes.len(), scopes.values().map(|s| s.published.receiver_count()).sum())
+    }
+
+    fn scope(&self, scope: &str, model: &Arc<ModelEntry>) -> Result<Arc<ScopeHandle>, StoreError> {
+        let mut scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = scopes.get(scope) {
+            return Ok(Arc::clone(handle));
+        }
+        let meta = self.store.meta(scope)?;
+        let params = match meta.version {
+            0 => None,
+            v => self.store.version(scope, v)?.map(Arc::new),
+        };
+        let published = Published { version: meta.version, params, through: Arc::new(meta.through.clone()) };
+        let handle = Arc::new(ScopeHandle {
+            model: Arc::clone(model),
+            published: watch::Sender::new(published),
+            scheduled: AtomicBool::new(false),
+        });
+        scopes.insert(scope.to_owned(), Arc::clone(&handle));
+        Ok(handle)
+    }
+
+    /// Queues a scope for the engine threads (once, however often it is called meanwhile).
+    pub fn schedule(&self, scope: &str) {
+        let handle = self.scopes.lock().unwrap_or_else(|e| e.into_inner()).get(scope).cloned();
+        if let Some(handle) = handle
+            && !handle.scheduled.swap(true, Ordering::AcqRel)
+            && let Some(tx) = self.work.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        {
+            let _ = tx.send(scope.to_owned());
+        }
+    }
+
+    /// Stops accepting work; engine threads finish their current round and exit.
+    pub fn stop(&self) {
+        self.work.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn work_loop(&self, rx: &Mutex<mpsc::Receiver<String>>) {
+        let mut adapters: HashMap<String, Adapter> = HashMap::new();
+        loop {
+            let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            let Ok(scope) = next else { return };
+            let Some(handle) = self.scopes.lock().unwrap_or_else(|e| e.into_inner()).get(&scope).cloned() else {
+                continue;
+            };
+            // Cleared before the work, so a marker stored meanwhile schedules another pass.
+            handle.scheduled.store(false, Ordering::Release);
+            let model = &handle.model;
+            if !adapters.contains_key(&model.id) {
+                match Adapter::new(
+                    (&model.edge, &model.edge_manifest),
+                    (&model.foundation, &model.foundation_manifest),
+                    model.adapt.clone(),
+                ) {
+                    Ok(adapter) => {
+                        adapters.insert(model.id.clone(), adapter);
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %model.id, error = %e, "cannot load the models for adaptation");
+                        continue;
+                    }
+                }
+            }
+            let Some(adapter) = adapters.get_mut(&model.id) else { continue };
+            loop {
+                if self.work.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                    return;
+                }
+                match self.round(&scope, &handle, adapter) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.metrics.engine_errors.inc();
+                        tracing::error!(scope, error = %e, "adaptation round failed; the scope waits for new work");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one round of a scope; returns whether there may be more.
+    fn round(&self, scope: &str, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, String> {
+        let entries = self.store.next_round(scope).map_err(|e| e.to_string())?;
+        let Some(((marker_key, marker), samples)) = entries.split_last() else { return Ok(false) };
+        let marker = (*marker_key, marker.device.clone(), marker.batch);
+        let meta = self.store.meta(scope).map_err(|e| e.to_string())?;
+        let mut state = self.store.state(scope).map_err(|e| e.to_string())?.unwrap_or_else(|| adapter.initial_state());
+        let config = adapter.config().clone();
+        let started = Instant::now();
+        let mut commit = Commit::default();
+        if samples.len() >= config.cloud_batch {
+            let new = &samples[..config.cloud_batch];
+            let decoded = decode_all(&handle.model, new.iter().map(|(_, e)| e))?;
+            commit.consumed = new.iter().map(|(k, _)| *k).collect();
+            state.student.version = meta.version + 1;
+            match config.method {
+                CloudMethod::Cema => {
+                    let refs: Vec<&SampleValues> = decoded.iter().collect();
+                    let lf = adapter.foundation_step(&mut state, &refs)?;
+                    self.metrics.foundation_loss.set(lf as f64);
+                    let replayed = if meta.replay_len() >= config.replay_min as u64 {
+                        self.replay(scope, &meta, config.replay_draw, &handle.model, state.student.version)?
+                    } else {
+                        Vec::new()
+                    };
+                    let mut all: Vec<&SampleValues> = decoded.iter().collect();
+                    all.extend(replayed.iter());
+                    let report = adapter.distill_step(&mut state, &all)?;
+                    self.metrics.record_distill(&report);
+                }
+                CloudMethod::BnStats => {
+                    let refs: Vec<&SampleValues> = decoded.iter().collect();
+                    adapter.statistics_step(&mut state, &refs)?;
+                }
+            }
+            if samples.len() - config.cloud_batch < config.cloud_batch {
+                commit.marker = Some(marker);
+            }
+            commit.state = Some(state);
+            commit.stepped = true;
+        } else {
+            // This marker triggered no step (it would have been removed with the last one).
+            if config.method == CloudMethod::Cema && meta.replay_len() > config.replay_min as u64 {
+                state.student.version = meta.version + 1;
+                let replayed =
+                    self.replay(scope, &meta, config.replay_only_batch, &handle.model, state.student.version)?;
+                let refs: Vec<&SampleValues> = replayed.iter().collect();
+                let report = adapter.distill_step(&mut state, &refs)?;
+                self.metrics.record_distill(&report);
+                self.metrics.replay_only_steps.inc();
+                commit.state = Some(state);
+                commit.stepped = true;
+            }
+            commit.marker = Some(marker);
+        }
+        let published_params = commit.state.as_ref().map(|s| cema_proto::norm_params_to_wire(&s.student, scope));
+        let meta = self.store.commit(scope, &commit, handle.model.keep_versions).map_err(|e| e.to_string())?;
+        if commit.stepped {
+            self.metrics.steps.inc();
+            self.metrics.step_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        self.metrics.replay_samples.set(meta.replay_len() as f64);
+        self.publish(handle, &meta, published_params);
+        Ok(true)
+    }
+
+    fn publish(&self, handle: &ScopeHandle, meta: &ScopeMeta, params: Option<v1::NormParams>) {
+        handle.published.send_modify(|p| {
+            p.version = meta.version;
+            if let Some(params) = params {
+                p.params = Some(Arc::new(params));
+            }
+            p.through = Arc::new(meta.through.clone());
+        });
+        self.metrics.version.set(meta.version as f64);
+    }
+
+    /// `count` replay samples drawn uniformly without replacement (deterministic per scope and
+    /// version, so a step redone after a crash draws the same ones).
+    fn replay(
+        &self,
+        scope: &str,
+        meta: &ScopeMeta,
+        count: usize,
+        model: &ModelEntry,
+        version: u64,
+    ) -> Result<Vec<SampleValues>, String> {
+        let ids = draw_without_replacement(meta.replay_head, meta.replay_next, count, scope, version);
+        let tensors = self.store.replay_samples(scope, &ids).map_err(|e| e.to_string())?;
+        tensors.iter().map(|t| model.decode_sample(t)).collect()
+    }
+}
+
+fn decode_all<'a>(
+    model: &ModelEntry,
+    entries: impl Iterator<Item = &'a QueueEntry>,
+) -> Result<Vec<SampleValues>, String> {
+    entries
+        .map(|e| {
+            e.sample.as_ref().ok_or_else(|| "a marker among samples".to_owned()).and_then(|t| model.decode_sample(t))
+        })
+        .collect()
+}
+
+/// `count` distinct ids from `[head, next)` (all of them if fewer), uniformly: a partial
+/// Fisher–Yates shuffle seeded by the scope and version.
+pub fn draw_without_replacement(head: u64, next: u64, count: usize, scope: &str, version: u64) -> Vec<u64> {
+    let mut ids: Vec<u64> = (head..next).collect();
+    let take = count.min(ids.len());
+    let scope_key = scope.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let mut rng = Rng::for_stream(&[scope_key, version, 0x7265_706c_6179]);
+    for i in 0..take {
+        let j = rng.int_inclusive(i as i64, ids.len() as i64 - 1) as usize;
+        ids.swap(i, j);
+    }
+    ids.truncate(take);
+    ids
+}
+
+impl ScopeState {
+    /// Approximate heap size in bytes (for the idle-scope memory figure).
+    pub fn approx_bytes(&self) -> usize {
+        let params = |p: &cema_core::NormParams| p.tensors.values().map(|t| t.values.len() * 4 + 64).sum::<usize>();
+        let velocity = |v: &[(String, Vec<f32>)]| v.iter().map(|(n, x)| n.len() + x.len() * 4).sum::<usize>();
+        params(&self.student)
+            + params(&self.foundation)
+            + velocity(&self.student_velocity)
+            + velocity(&self.foundation_velocity)
+    }
+}

@@ -1,0 +1,169 @@
+//! Operational metrics, rendered in the Prometheus text format at `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::adapt::DistillReport;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Sum and count of observations (Prometheus summary without quantiles).
+#[derive(Debug, Default)]
+pub struct Summary {
+    sum: Mutex<(f64, u64)>,
+}
+
+impl Summary {
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        let mut s = self.sum.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 += value;
+        s.1 += 1;
+    }
+    /// (sum, count).
+    pub fn get(&self) -> (f64, u64) {
+        *self.sum.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Every metric of the cloud.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Samples stored.
+    pub samples_accepted: Counter,
+    /// Entries received again (already stored).
+    pub duplicates: Counter,
+    /// Batch-end markers stored.
+    pub batch_ends: Counter,
+    /// Refused requests by reason.
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Adaptation steps (foundation + distillation, or replay-only).
+    pub steps: Counter,
+    /// Replay-only steps.
+    pub replay_only_steps: Counter,
+    /// Failed adaptation rounds.
+    pub engine_errors: Counter,
+    /// Seconds per step.
+    pub step_seconds: Summary,
+    /// Replay-buffer size of the scope adapted last.
+    pub replay_samples: Gauge,
+    /// Latest version of the scope adapted last.
+    pub version: Gauge,
+    /// Last foundation loss.
+    pub foundation_loss: Gauge,
+    /// Last distillation loss terms.
+    pub distill_ent: Gauge,
+    /// See `distill_ent`.
+    pub distill_kl: Gauge,
+    /// See `distill_ent`.
+    pub distill_ce: Gauge,
+    /// See `distill_ent`.
+    pub distill_total: Gauge,
+    /// Samples in the last distillation step (32 + replayed, or a replay-only batch).
+    pub distill_batch: Gauge,
+}
+
+impl Metrics {
+    /// Counts a refused request.
+    pub fn reject(&self, reason: &'static str) {
+        *self.rejected.lock().unwrap_or_else(|e| e.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    /// Refusals of one reason.
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).get(reason).copied().unwrap_or(0)
+    }
+
+    /// Records a distillation step's losses.
+    pub fn record_distill(&self, report: &DistillReport) {
+        self.distill_ent.set(report.ent as f64);
+        self.distill_kl.set(report.kl as f64);
+        self.distill_ce.set(report.ce as f64);
+        self.distill_total.set(report.total as f64);
+        self.distill_batch.set(report.batch as f64);
+    }
+
+    /// The Prometheus text exposition; `scopes` and `watchers` are read at render time.
+    pub fn render(&self, scopes: usize, watchers: usize) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+            cema_edge::admin::metric(&mut out, name, kind, help, value);
+        };
+        metric("cema_cloud_samples_accepted_total", "counter", "Samples stored.", self.samples_accepted.get() as f64);
+        metric("cema_cloud_duplicates_total", "counter", "Entries received again.", self.duplicates.get() as f64);
+        metric("cema_cloud_batch_ends_total", "counter", "Batch-end markers stored.", self.batch_ends.get() as f64);
+        metric("cema_cloud_steps_total", "counter", "Adaptation steps.", self.steps.get() as f64);
+        metric(
+            "cema_cloud_replay_only_steps_total",
+            "counter",
+            "Replay-only steps.",
+            self.replay_only_steps.get() as f64,
+        );
+        metric(
+            "cema_cloud_engine_errors_total",
+            "counter",
+            "Failed adaptation rounds.",
+            self.engine_errors.get() as f64,
+        );
+        let (sum, count) = self.step_seconds.get();
+        metric("cema_cloud_step_seconds_sum", "counter", "Seconds spent in steps.", sum);
+        metric("cema_cloud_step_seconds_count", "counter", "Steps timed.", count as f64);
+        metric(
+            "cema_cloud_replay_samples",
+            "gauge",
+            "Replay buffer of the scope adapted last.",
+            self.replay_samples.get(),
+        );
+        metric("cema_cloud_params_version", "gauge", "Version of the scope adapted last.", self.version.get());
+        metric("cema_cloud_foundation_loss", "gauge", "Last foundation loss.", self.foundation_loss.get());
+        metric("cema_cloud_distill_ent", "gauge", "Last weighted entropy term.", self.distill_ent.get());
+        metric("cema_cloud_distill_kl", "gauge", "Last weighted KL term.", self.distill_kl.get());
+        metric("cema_cloud_distill_ce", "gauge", "Last weighted CE term.", self.distill_ce.get());
+        metric("cema_cloud_distill_loss", "gauge", "Last distillation loss.", self.distill_total.get());
+        metric("cema_cloud_distill_batch", "gauge", "Samples in the last distillation step.", self.distill_batch.get());
+        metric("cema_cloud_scopes", "gauge", "Adaptation scopes in memory.", scopes as f64);
+        metric("cema_cloud_watchers", "gauge", "Connected parameter watchers.", watchers as f64);
+        let _ = writeln!(
+            out,
+            "# HELP cema_cloud_rejected_total Refused requests by reason.\n# TYPE cema_cloud_rejected_total counter"
+        );
+        for (reason, n) in self.rejected.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "cema_cloud_rejected_total{{reason=\"{reason}\"}} {n}");
+        }
+        out
+    }
+}

@@ -1,0 +1,284 @@
+//! `cema-cloud serve`: configuration, and the gRPC and admin HTTP servers around the engine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use cema_core::{Manifest, OnnxModel};
+use cema_proto::MAX_MESSAGE_BYTES;
+use cema_proto::v1::cema_server::CemaServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::adapt::AdaptConfig;
+use crate::engine::{Engine, ModelEntry, ScopeKind};
+use crate::metrics::Metrics;
+use crate::registry::DeviceRegistry;
+use crate::service::CloudService;
+use crate::store::Store;
+
+/// The cloud's configuration file (TOML). Every key has a default; paths are relative to the
+/// file's folder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: SocketAddr,
+    /// Engine threads (each adapts one scope at a time).
+    pub engine_workers: usize,
+    /// Served models by id.
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// One served model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The edge model (ONNX; its manifest `<name>.toml` beside it).
+    pub edge: PathBuf,
+    /// The foundation model (ONNX + manifest), same classes.
+    pub foundation: PathBuf,
+    /// `device` (default) or `fleet`.
+    #[serde(default)]
+    pub scope: ScopeKind,
+    /// Parameter versions kept per scope for rollback.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: u64,
+    /// Step hyperparameters (defaults: cema-spec's reference values).
+    #[serde(default)]
+    pub adapt: AdaptConfig,
+}
+
+fn default_keep_versions() -> u64 {
+    20
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        let models = BTreeMap::from([(
+            "default".to_owned(),
+            ModelConfig {
+                edge: PathBuf::from("models/student.onnx"),
+                foundation: PathBuf::from("models/foundation.onnx"),
+                scope: ScopeKind::Device,
+                keep_versions: default_keep_versions(),
+                adapt: AdaptConfig::default(),
+            },
+        )]);
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            engine_workers: 1,
+            models,
+        }
+    }
+}
+
+impl CloudConfig {
+    /// Reads a config file; model paths become relative to its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut config: CloudConfig =
+            toml::from_str(&text).with_context(|| format!("parsing the cloud config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for model in config.models.values_mut() {
+            model.edge = base.join(&model.edge);
+            model.foundation = base.join(&model.foundation);
+        }
+        Ok(config)
+    }
+
+    /// Loads every model and checks it, reporting the first problem with its model id.
+    pub fn model_entries(&self) -> Result<Vec<ModelEntry>> {
+        if self.models.is_empty() {
+            bail!("the config serves no model; add a [models.<id>] section");
+        }
+        self.models
+            .iter()
+            .map(|(id, m)| {
+                let load = |path: &Path| -> Result<(OnnxModel, Manifest)> {
+                    let model = OnnxModel::load(path).with_context(|| format!("model `{id}`: {}", path.display()))?;
+                    let manifest = Manifest::load(Manifest::path_for(path))
+                        .with_context(|| format!("model `{id}`: the manifest of {}", path.display()))?;
+                    manifest.check_model(&model).with_context(|| format!("model `{id}`: {}", path.display()))?;
+                    Ok((model, manifest))
+                };
+                let (edge, edge_manifest) = load(&m.edge)?;
+                let (foundation, foundation_manifest) = load(&m.foundation)?;
+                let problems = m.adapt.problems();
+                if !problems.is_empty() {
+                    bail!("model `{id}`: {}", problems.join("; "));
+                }
+                if edge_manifest.classes.names != foundation_manifest.classes.names {
+                    bail!("model `{id}`: the edge and foundation manifests list different classes");
+                }
+                Ok(ModelEntry {
+                    id: id.clone(),
+                    fingerprint: edge.fingerprint(),
+                    edge,
+                    edge_manifest,
+                    foundation,
+                    foundation_manifest,
+                    adapt: m.adapt.clone(),
+                    scope: m.scope,
+                    keep_versions: m.keep_versions.max(1),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A cloud whose listeners are bound (so tests can bind port 0 and read the address).
+pub struct Cloud {
+    grpc: TcpListener,
+    admin: TcpListener,
+    engine: Arc<Engine>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    service: CloudService,
+    registry: DeviceRegistry,
+    metrics: Arc<Metrics>,
+    db: sled::Db,
+    shutdown: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Cloud {
+    /// Opens the state in `data_dir`, loads the models, starts the engine and binds both
+    /// listeners.
+    pub async fn start(config: &CloudConfig, data_dir: &Path) -> Result<Self> {
+        let models = config.model_entries()?;
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let db = sled::open(data_dir.join("state")).with_context(|| {
+            format!("opening the cloud state in {} (is another cema-cloud using it?)", data_dir.display())
+        })?;
+        let registry = DeviceRegistry::open(&db)?;
+        let store = Store::open(&db)?.with_wal(&data_dir.join("ingest.wal"))?;
+        let metrics = Arc::new(Metrics::default());
+        let (engine, threads) =
+            Engine::start(store, models, config.engine_workers, Arc::clone(&metrics)).map_err(anyhow::Error::msg)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let service = CloudService::new(Arc::clone(&engine), registry.clone(), Arc::clone(&metrics), shutdown_rx);
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+        let admin = TcpListener::bind(config.admin_addr)
+            .await
+            .with_context(|| format!("binding admin HTTP on {}", config.admin_addr))?;
+        Ok(Self {
+            grpc,
+            admin,
+            engine,
+            threads,
+            service,
+            registry,
+            metrics,
+            db,
+            shutdown,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The device registry (shares the service's database).
+    pub fn registry(&self) -> DeviceRegistry {
+        self.registry.clone()
+    }
+
+    /// The state store.
+    pub fn store(&self) -> Store {
+        self.engine.store().clone()
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Serves until `stop` resolves, then shuts down gracefully: refuses new work, ends
+    /// streams, lets the engine finish its current round, flushes the state.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<()> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<CemaServer<CloudService>>().await;
+        let cema = CemaServer::new(self.service.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut grpc_stop = self.shutdown.subscribe();
+        let grpc = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(cema)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            });
+        let admin = admin_router(Arc::clone(&self.engine), Arc::clone(&self.metrics), Arc::clone(&self.ready));
+        let mut admin_stop = self.shutdown.subscribe();
+        let admin = axum::serve(self.admin, admin).with_graceful_shutdown(async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        });
+        self.ready.store(true, Ordering::Release);
+        tracing::info!("serving");
+        let shutdown = self.shutdown.clone();
+        let ready = Arc::clone(&self.ready);
+        tokio::spawn(async move {
+            stop.await;
+            tracing::info!("shutting down");
+            ready.store(false, Ordering::Release);
+            let _ = shutdown.send(true);
+        });
+        let (grpc, admin) = tokio::join!(grpc, admin);
+        grpc.context("gRPC server")?;
+        admin.context("admin server")?;
+        self.engine.stop();
+        let threads = self.threads;
+        tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join())))
+            .await
+            .context("joining the engine")?;
+        self.db.flush_async().await.context("flushing the state")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn admin_router(engine: Arc<Engine>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+    let render: cema_edge::admin::Render = Arc::new(move || {
+        let (scopes, watchers) = engine.counts();
+        metrics.render(scopes, watchers)
+    });
+    cema_edge::admin::router(render, ready)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

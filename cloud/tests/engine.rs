@@ -1,0 +1,171 @@
+//! The adaptation engine over a real sled store: replay bound, the 256 threshold, replay-only
+//! steps, versions, and that a distillation step moves the edge model towards the teacher.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cema_cloud::adapt::{AdaptConfig, Adapter};
+use cema_cloud::engine::{Engine, ScopeKind, draw_without_replacement};
+use cema_cloud::metrics::Metrics;
+use cema_cloud::store::{Incoming, Store};
+use cema_core::{Manifest, OnnxModel, SampleValues};
+
+const SCOPE: &str = "device:d1";
+
+struct Feed {
+    seq: u64,
+    image: u64,
+}
+
+impl Feed {
+    /// Stores `samples` new samples and a batch-end marker for `batch`.
+    fn batch(&mut self, store: &Store, samples: usize, batch: u64, capacity: u64) {
+        let mut entries = Vec::new();
+        for _ in 0..samples {
+            self.seq += 1;
+            self.image += 1;
+            entries.push(Incoming::Sample { seq: self.seq, input: support::image(self.image) });
+        }
+        self.seq += 1;
+        entries.push(Incoming::BatchEnd { seq: self.seq, batch });
+        store.ingest("d1", SCOPE, &entries, capacity).unwrap();
+    }
+}
+
+/// Waits until the engine has published the processing of `batch` (the last thing it does
+/// for a batch, after the commit and the metrics).
+fn wait_through(watch: &tokio::sync::watch::Receiver<cema_cloud::engine::Published>, batch: u64) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while watch.borrow().through.get("d1").copied().unwrap_or(0) < batch {
+        assert!(Instant::now() < deadline, "the engine did not process batch {batch}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, foundation) = support::tiny_models(dir.path());
+    let adapt = AdaptConfig { replay_capacity: 400, ..AdaptConfig::default() };
+    let model = support::entry(&student, &foundation, adapt, ScopeKind::Device);
+    let db = sled::open(dir.path().join("state")).unwrap();
+    let store = Store::open(&db).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (engine, _threads) = Engine::start(store.clone(), vec![model.clone()], 1, Arc::clone(&metrics)).unwrap();
+    let model = engine.model("default").unwrap();
+    let watch = engine.subscribe(SCOPE, &model).unwrap();
+    let mut feed = Feed { seq: 0, image: 0 };
+
+    // 20 queued < 32: no step; replay 20 ≤ 256: no replay-only step.
+    feed.batch(&store, 20, 1, 400);
+    engine.schedule(SCOPE);
+    wait_through(&watch, 1);
+    assert_eq!(metrics.steps.get(), 0);
+    assert_eq!(store.meta(SCOPE).unwrap().version, 0);
+
+    // 60 queued: one step of 32 new samples, no replay yet (buffer 60 < 256).
+    feed.batch(&store, 40, 2, 400);
+    engine.schedule(SCOPE);
+    wait_through(&watch, 2);
+    assert_eq!(metrics.steps.get(), 1);
+    assert_eq!(metrics.distill_batch.get(), 32.0);
+    let meta = store.meta(SCOPE).unwrap();
+    assert_eq!((meta.version, meta.queued_samples, meta.replay_len()), (1, 28, 60));
+    assert_eq!(watch.borrow().version, 1, "the version was published");
+
+    // 28 + 200 = 228 queued, buffer 260 ≥ 256: 7 steps of 32 new + 96 replayed.
+    feed.batch(&store, 200, 3, 400);
+    engine.schedule(SCOPE);
+    wait_through(&watch, 3);
+    assert_eq!(metrics.steps.get(), 8);
+    assert_eq!(metrics.distill_batch.get(), 128.0);
+    assert_eq!(metrics.replay_only_steps.get(), 0);
+    let meta = store.meta(SCOPE).unwrap();
+    assert_eq!((meta.version, meta.queued_samples), (8, 4));
+
+    // A batch that uploads nothing triggers no step; the buffer holds > 256: one replay-only
+    // step on 128 replayed samples.
+    feed.batch(&store, 0, 4, 400);
+    engine.schedule(SCOPE);
+    wait_through(&watch, 4);
+    assert_eq!(metrics.steps.get(), 9);
+    assert_eq!(metrics.replay_only_steps.get(), 1);
+    assert_eq!(metrics.distill_batch.get(), 128.0);
+    assert_eq!(store.meta(SCOPE).unwrap().version, 9);
+
+    // The buffer keeps the newest 400 (FIFO): 560 stored, the oldest 160 gone.
+    feed.batch(&store, 300, 5, 400);
+    engine.schedule(SCOPE);
+    wait_through(&watch, 5);
+    let meta = store.meta(SCOPE).unwrap();
+    assert_eq!((meta.replay_len(), meta.replay_head, meta.replay_next), (400, 160, 560));
+    // Versions are contiguous and only the last 5 are kept.
+    let versions = store.versions(SCOPE).unwrap();
+    let last = meta.version;
+    assert_eq!(versions, ((last - 4)..=last).collect::<Vec<_>>());
+    engine.stop();
+}
+
+#[test]
+fn replay_draws_are_distinct_in_range_and_uniform() {
+    let ids = draw_without_replacement(100, 400, 96, "device:x", 7);
+    assert_eq!(ids.len(), 96);
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 96, "no id twice");
+    assert!(ids.iter().all(|&i| (100..400).contains(&i)));
+    assert_eq!(draw_without_replacement(0, 50, 96, "s", 1).len(), 50, "all of a small buffer");
+    // Uniform: over many draws every id is picked about equally often (chi-square, 99 dof,
+    // far below the 0.1% critical value 148 for a fair draw).
+    let mut counts = vec![0u32; 100];
+    for version in 0..2000 {
+        for id in draw_without_replacement(0, 100, 32, "uniform", version) {
+            counts[id as usize] += 1;
+        }
+    }
+    let expected = 2000.0 * 32.0 / 100.0;
+    let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
+    assert!(chi2 < 148.0, "chi-square {chi2}");
+}
+
+#[test]
+fn distillation_steps_on_shifted_data_lower_the_students_kl_to_the_foundation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, foundation) = support::tiny_models(dir.path());
+    let load = |p: &std::path::Path| (OnnxModel::load(p).unwrap(), Manifest::load(Manifest::path_for(p)).unwrap());
+    let (s, sm) = load(&student);
+    let (f, fm) = load(&foundation);
+    let mut adapter = Adapter::new((&s, &sm), (&f, &fm), AdaptConfig::default()).unwrap();
+    let data_dir = cema_shift::dataset::fashion_mnist_dir().expect("run scripts/setup.sh");
+    let data = cema_shift::dataset::load_fashion_mnist(&data_dir, cema_shift::Split::Test).unwrap();
+    let samples: Vec<SampleValues> = (0..64)
+        .map(|i| {
+            let noisy = cema_shift::Corruption::GaussianNoise.apply(&data.images[i], 5, 1, i as u64);
+            SampleValues::U8(noisy.to_chw())
+        })
+        .collect();
+    let refs: Vec<&SampleValues> = samples.iter().collect();
+    let kl = |adapter: &mut Adapter, state: &cema_cloud::adapt::ScopeState| -> f64 {
+        let s = adapter.student_logits(state, &refs).unwrap();
+        let t = adapter.foundation_logits(state, &refs).unwrap();
+        let mut total = 0.0;
+        for (sr, tr) in s.chunks(10).zip(t.chunks(10)) {
+            let (mut ps, mut pt) = (vec![0.0f32; 10], vec![0.0f32; 10]);
+            cema_core::math::softmax(sr, &mut ps);
+            cema_core::math::softmax(tr, &mut pt);
+            total += pt.iter().zip(&ps).map(|(a, b)| *a as f64 * ((*a as f64).ln() - (*b as f64).ln())).sum::<f64>();
+        }
+        total / 64.0
+    };
+    let mut state = adapter.initial_state();
+    let before = kl(&mut adapter, &state);
+    for _ in 0..5 {
+        adapter.distill_step(&mut state, &refs).unwrap();
+    }
+    let after = kl(&mut adapter, &state);
+    assert!(after < before, "KL(teacher ‖ student) {before} → {after}");
+    assert_ne!(cema_core::NormParams::source(&s).unwrap().tensors, state.student.tensors, "γ/β moved");
+}

@@ -1,0 +1,338 @@
+//! The agent: predicts batches, selects, writes the selection to the outbox before reporting
+//! it, and swaps in parameter updates between batches. The network side — the uploader and
+//! the parameter watcher — runs on the agent's own small tokio runtime (see [`crate::link`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cema_core::{Compression, SampleValues, codec};
+use cema_proto::v1;
+use prost::Message;
+use tokio::sync::{Notify, watch};
+
+use crate::link::{CloudLink, LinkState, Pending};
+use crate::metrics::EdgeMetrics;
+use crate::outbox::{Outbox, OutboxError, OutboxLimits};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::selector::{Selector, SelectorConfig, SelectorState};
+
+const SELECTOR_KEY: &[u8] = b"selector_state";
+const APPLIED_KEY: &[u8] = b"applied_params";
+const BATCH_KEY: &[u8] = b"batch_index";
+
+/// How the agent paces itself against parameter updates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pacing {
+    /// Use whatever parameters have arrived (deployment).
+    Free,
+    /// Before batch t+1, wait until the cloud has processed batch t and its update is applied
+    /// (the paper's protocol), for at most the given time.
+    Lockstep(Duration),
+}
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Device id (as registered at the cloud).
+    pub device_id: String,
+    /// Selection.
+    pub selector: SelectorConfig,
+    /// zstd-compress uploads.
+    pub compress: bool,
+    /// Outbox bounds and policy.
+    pub outbox: OutboxLimits,
+    /// Pacing.
+    pub pacing: Pacing,
+}
+
+/// Why the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The model runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The outbox failed.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The agent's state store failed.
+    #[error("agent state: {0}")]
+    State(String),
+    /// Bad input.
+    #[error("input: {0}")]
+    Input(String),
+    /// The cloud refused the agent for good (token, model mismatch).
+    #[error("the cloud refused this agent: {0}")]
+    Refused(String),
+}
+
+/// One served prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionRecord {
+    /// Predicted class.
+    pub class: usize,
+    /// Its probability.
+    pub probability: f32,
+    /// Entropy (nats).
+    pub entropy: f32,
+    /// Parameter version that produced it.
+    pub params_version: u64,
+    /// Whether it was selected for upload (and stored in the outbox).
+    pub uploaded: bool,
+}
+
+/// The edge agent.
+pub struct Agent {
+    runtime: Runtime,
+    selector: Selector,
+    outbox: Arc<Outbox>,
+    config: AgentConfig,
+    batch_index: u64,
+    pending: Pending,
+    link: watch::Receiver<LinkState>,
+    outbox_changed: Arc<Notify>,
+    metrics: Arc<EdgeMetrics>,
+    applied: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("device", &self.config.device_id).field("batch", &self.batch_index).finish()
+    }
+}
+
+impl Agent {
+    /// Opens the agent over `db` (its state: outbox, selector, applied parameters) and resumes
+    /// where a previous run stopped, adapted parameters included.
+    pub fn open(mut runtime: Runtime, db: &sled::Db, config: AgentConfig) -> Result<Self, AgentError> {
+        let outbox = Arc::new(Outbox::open(db, config.outbox)?);
+        let meta = outbox.meta();
+        let state_err = |e: &dyn std::fmt::Display| AgentError::State(e.to_string());
+        let selector_state: SelectorState = match meta.get(SELECTOR_KEY).map_err(|e| state_err(&e))? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| state_err(&e))?,
+            None => SelectorState::default(),
+        };
+        let batch_index = meta.get(BATCH_KEY).map_err(|e| state_err(&e))?.map(|v| be_u64(&v)).unwrap_or(0);
+        if let Some(bytes) = meta.get(APPLIED_KEY).map_err(|e| state_err(&e))? {
+            let wire = v1::NormParams::decode(bytes.as_ref()).map_err(|e| state_err(&e))?;
+            let params = cema_proto::norm_params_from_wire(wire).map_err(|e| state_err(&e))?;
+            let prepared = runtime.prepare(&params)?;
+            runtime.swap(prepared);
+            tracing::info!(version = params.version, "resumed with adapted parameters");
+        }
+        let classes = runtime.manifest().num_classes();
+        let metrics = Arc::new(EdgeMetrics::default());
+        metrics.params_version.store(runtime.version(), Ordering::Relaxed);
+        let (_, link) = watch::channel(LinkState::default());
+        Ok(Self {
+            selector: Selector::new(config.selector.clone(), classes, selector_state),
+            applied: Arc::new(AtomicU64::new(runtime.version())),
+            runtime,
+            outbox,
+            config,
+            batch_index,
+            pending: Arc::new(Mutex::new(None)),
+            link,
+            outbox_changed: Arc::new(Notify::new()),
+            metrics,
+        })
+    }
+
+    /// Connects to the cloud: starts the uploader and the watcher on `handle`.
+    pub fn connect(&mut self, handle: &tokio::runtime::Handle, link: CloudLink) -> crate::link::LinkTasks {
+        let (tasks, state) = crate::link::start(
+            handle,
+            link,
+            crate::link::Shared {
+                device_id: self.config.device_id.clone(),
+                fingerprint: self.runtime.source().fingerprint().to_hex(),
+                manifest: cema_proto::manifest_summary(self.runtime.manifest()),
+                outbox: Arc::clone(&self.outbox),
+                outbox_changed: Arc::clone(&self.outbox_changed),
+                preparer: self.runtime.preparer(),
+                pending: Arc::clone(&self.pending),
+                applied: Arc::clone(&self.applied),
+                metrics: Arc::clone(&self.metrics),
+            },
+        );
+        self.link = state;
+        tasks
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> Arc<EdgeMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// The runtime (model, manifest, serving version).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The parameter version serving now.
+    pub fn version(&self) -> u64 {
+        self.runtime.version()
+    }
+
+    /// Batches pushed so far (over restarts).
+    pub fn batches(&self) -> u64 {
+        self.batch_index
+    }
+
+    /// Swaps in a prepared update, if one is waiting, and records it durably.
+    pub fn apply_pending(&mut self) -> Result<bool, AgentError> {
+        let next = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((prepared, wire, prepared_at)) = next else { return Ok(false) };
+        if prepared.version() <= self.runtime.version() && self.runtime.version() != 0 {
+            return Ok(false);
+        }
+        self.outbox.meta().insert(APPLIED_KEY, wire.encode_to_vec()).map_err(|e| AgentError::State(e.to_string()))?;
+        self.runtime.swap(prepared);
+        self.applied.store(self.runtime.version(), Ordering::Release);
+        self.metrics.params_version.store(self.runtime.version(), Ordering::Relaxed);
+        self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
+        self.metrics.last_update_ms.store(prepared_at.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Returns to the model's own parameters and forgets the adapted ones.
+    pub fn reset(&mut self) -> Result<(), AgentError> {
+        let source = self.runtime.prepare_source()?;
+        self.outbox.meta().remove(APPLIED_KEY).map_err(|e| AgentError::State(e.to_string()))?;
+        self.runtime.swap(source);
+        self.applied.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Predicts one batch of raw samples (each `sample_elements` values in the manifest's
+    /// layout), selects, stores the selection in the outbox (flushed) and returns the
+    /// predictions. Pending parameter updates are applied first, never mid-batch.
+    pub fn push(&mut self, samples: &[SampleValues]) -> Result<Vec<PredictionRecord>, AgentError> {
+        if samples.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(reason) = self.link.borrow().fatal.clone() {
+            return Err(AgentError::Refused(reason));
+        }
+        self.apply_pending()?;
+        let manifest = self.runtime.manifest();
+        let per_sample = manifest.sample_elements();
+        let mut input = Vec::with_capacity(samples.len() * per_sample);
+        for (i, sample) in samples.iter().enumerate() {
+            if sample.len() != per_sample {
+                return Err(AgentError::Input(format!(
+                    "sample {i} has {} values; the model takes {per_sample}",
+                    sample.len()
+                )));
+            }
+            match sample {
+                SampleValues::U8(pixels) => manifest.preprocess_u8(pixels, &mut input),
+                SampleValues::F32(values) => input.extend_from_slice(values),
+            }
+        }
+        let started = Instant::now();
+        let prediction = self.runtime.predict(&input, samples.len())?;
+        self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let select_started = Instant::now();
+        let selection = self.selector.select(&prediction.entropy, &prediction.probs);
+        self.metrics.select_us.fetch_add(select_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+
+        let shape: Vec<u64> = self.runtime.manifest().input.shape.iter().map(|&d| d as u64).collect();
+        let compression = if self.config.compress { Compression::Zstd } else { Compression::None };
+        let mut selected = Vec::new();
+        for (i, keep) in selection.keep.iter().enumerate() {
+            if !keep {
+                continue;
+            }
+            let encoded = match &samples[i] {
+                SampleValues::U8(pixels) => codec::encode_u8(&shape, pixels, compression),
+                SampleValues::F32(values) => codec::encode_f32(&shape, values, cema_core::Encoding::F16, compression),
+            }
+            .map_err(|e| AgentError::Input(e.to_string()))?;
+            selected.push(v1::Sample {
+                seq: 0,
+                input: Some(cema_proto::sample_to_wire(&encoded)),
+                entropy: prediction.entropy[i],
+                params_version: prediction.params_version,
+                predicted_class: prediction.class[i] as u32,
+            });
+        }
+        let selected_indices: Vec<usize> = (0..samples.len()).filter(|&i| selection.keep[i]).collect();
+        let batch = self.batch_index + 1;
+        let state = serde_json::to_vec(self.selector.state()).map_err(|e| AgentError::State(e.to_string()))?;
+        let appended = self.outbox.append_batch(
+            selected,
+            batch,
+            samples.len() as u32,
+            &[(SELECTOR_KEY, state), (BATCH_KEY, batch.to_be_bytes().to_vec())],
+        )?;
+        self.batch_index = batch;
+        self.outbox_changed.notify_one();
+        let mut stored = vec![false; samples.len()];
+        for (i, seq) in selected_indices.iter().zip(&appended.sample_seqs) {
+            stored[*i] = seq.is_some();
+        }
+        self.metrics.predictions.fetch_add(samples.len() as u64, Ordering::Relaxed);
+        self.metrics.selected.fetch_add(stored.iter().filter(|s| **s).count() as u64, Ordering::Relaxed);
+        self.metrics.drops.fetch_add(appended.dropped, Ordering::Relaxed);
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        Ok((0..samples.len())
+            .map(|i| PredictionRecord {
+                class: prediction.class[i],
+                probability: prediction.probs_of(i)[prediction.class[i]],
+                entropy: prediction.entropy[i],
+                params_version: prediction.params_version,
+                uploaded: stored[i],
+            })
+            .collect())
+    }
+
+    /// In lockstep pacing: waits until the cloud has processed every pushed batch and the
+    /// resulting update is applied (or the timeout passes, or the link fails for good).
+    /// Returns whether it caught up.
+    pub fn wait_for_cloud(&mut self, handle: &tokio::runtime::Handle) -> Result<bool, AgentError> {
+        let Pacing::Lockstep(timeout) = self.config.pacing else { return Ok(true) };
+        let target = self.batch_index;
+        let mut link = self.link.clone();
+        let caught_up = handle.block_on(async move {
+            tokio::time::timeout(timeout, link.wait_for(|s| s.through_batch >= target || s.fatal.is_some()))
+                .await
+                .map(|r| r.map(|s| s.fatal.clone()))
+        });
+        match caught_up {
+            Ok(Ok(Some(fatal))) => Err(AgentError::Refused(fatal)),
+            Ok(Ok(None)) => {
+                self.apply_pending()?;
+                Ok(true)
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(batch = target, "the cloud did not answer in time; continuing with current parameters");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Waits until the outbox is empty (everything acknowledged), at most `timeout`.
+    pub fn drain(&self, handle: &tokio::runtime::Handle, timeout: Duration) -> bool {
+        let outbox = Arc::clone(&self.outbox);
+        handle.block_on(async move {
+            let deadline = Instant::now() + timeout;
+            while outbox.usage().0 > 0 {
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        })
+    }
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}

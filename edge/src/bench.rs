@@ -1,0 +1,129 @@
+//! `cema-edge bench`: what the agent costs on top of ONNX Runtime. Prints figures; asserts
+//! nothing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
+use ort::value::TensorRef;
+
+use crate::agent::{Agent, AgentConfig, Pacing};
+use crate::outbox::OutboxLimits;
+use crate::runtime::{OrtLibrary, Runtime};
+use crate::selector::Preset;
+
+fn random_samples(manifest: &Manifest, n: usize, seed: u64) -> Vec<SampleValues> {
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let per = manifest.sample_elements();
+    (0..n)
+        .map(|_| match manifest.input.pixels {
+            cema_core::manifest::PixelType::U8 => SampleValues::U8((0..per).map(|_| next() as u8).collect()),
+            cema_core::manifest::PixelType::F32 => {
+                SampleValues::F32((0..per).map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32).collect())
+            }
+        })
+        .collect()
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Runs the benchmark; returns the closing `key=value` line.
+pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, String> {
+    let library = OrtLibrary::get(None).map_err(|e| e.to_string())?;
+    let model = OnnxModel::load(model_path).map_err(|e| e.to_string())?;
+    let manifest = Manifest::load(Manifest::path_for(model_path)).map_err(|e| e.to_string())?;
+    let samples = random_samples(&manifest, batch, 7);
+    let mut input = Vec::new();
+    for s in &samples {
+        match s {
+            SampleValues::U8(p) => manifest.preprocess_u8(p, &mut input),
+            SampleValues::F32(v) => input.extend_from_slice(v),
+        }
+    }
+
+    // Raw: one ORT session, the same preprocessed batch, Session::run only.
+    let mut session = library.session(&model.encode(), 1).map_err(|e| e.to_string())?;
+    let mut dims = vec![batch as i64];
+    dims.extend(manifest.input.shape.iter().map(|&d| d as i64));
+    let mut raw_run = || -> Result<(), String> {
+        let tensor = TensorRef::from_array_view((dims.clone(), input.as_slice())).map_err(|e| e.to_string())?;
+        session.run(ort::inputs![manifest.input.name.as_str() => tensor]).map_err(|e| e.to_string())?;
+        Ok(())
+    };
+    raw_run()?;
+    let t = Instant::now();
+    for _ in 0..batches {
+        raw_run()?;
+    }
+    let raw_rate = (batch * batches) as f64 / t.elapsed().as_secs_f64();
+
+    // Agent: raw u8 samples → preprocess → predict → select → outbox (sled, flushed).
+    let dir = std::env::temp_dir().join(format!("cema-edge-bench-{}", std::process::id()));
+    let db = sled::open(&dir).map_err(|e| e.to_string())?;
+    let runtime = Runtime::new(library, model.clone(), manifest.clone(), 1).map_err(|e| e.to_string())?;
+    let config = AgentConfig {
+        device_id: "bench".into(),
+        selector: Preset::Reference.config(),
+        compress: false,
+        outbox: OutboxLimits::default(),
+        pacing: Pacing::Free,
+    };
+    let mut agent = Agent::open(runtime, &db, config).map_err(|e| e.to_string())?;
+    agent.push(&samples).map_err(|e| e.to_string())?;
+    let metrics = agent.metrics();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (inference0, select0) = (load(&metrics.inference_us), load(&metrics.select_us));
+    let t = Instant::now();
+    for _ in 0..batches {
+        agent.push(&samples).map_err(|e| e.to_string())?;
+    }
+    let agent_rate = (batch * batches) as f64 / t.elapsed().as_secs_f64();
+    let inference = (load(&metrics.inference_us) - inference0) as f64;
+    let select = (load(&metrics.select_us) - select0) as f64;
+    let selected = load(&metrics.selected) as f64 / load(&metrics.predictions).max(1) as f64;
+
+    // Update apply: validate + patch + new session + swap, with perturbed parameters.
+    let mut params = NormParams::source(&model).map_err(|e| e.to_string())?;
+    params.version = 1;
+    for tensor in params.tensors.values_mut() {
+        tensor.values.iter_mut().for_each(|v| *v *= 1.01);
+    }
+    let mut runtime = Runtime::new(OrtLibrary::get(None).map_err(|e| e.to_string())?, model, manifest, 1)
+        .map_err(|e| e.to_string())?;
+    let t = Instant::now();
+    let prepared = runtime.prepare(&params).map_err(|e| e.to_string())?;
+    runtime.swap(prepared);
+    let swap_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(agent);
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ratio = agent_rate / raw_rate;
+    let overhead = select / inference.max(1.0);
+    println!("model {}, batch {batch}, {batches} batches, 1 intra-op thread", model_path.display());
+    println!("raw Session::run: {raw_rate:.0} images/s");
+    println!(
+        "agent (preprocess, predict, select, outbox): {agent_rate:.0} images/s ({:.1}% of raw); selected {:.1}% of random inputs",
+        100.0 * ratio,
+        100.0 * selected
+    );
+    println!("selection: {:.3}% of inference time", 100.0 * overhead);
+    println!("parameter update (validate + patch + session + swap): {swap_ms:.1} ms");
+    Ok(format!(
+        "agent_vs_raw={ratio:.3} select_overhead={overhead:.5} swap_ms={swap_ms:.1} peak_rss_mb={:.1} raw_img_per_s={raw_rate:.0} agent_img_per_s={agent_rate:.0}",
+        peak_rss_mb()
+    ))
+}

@@ -1,0 +1,72 @@
+//! The agent's metrics, rendered at `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::admin::metric;
+
+/// Counters and gauges of the agent (all relaxed atomics).
+#[derive(Debug, Default)]
+pub struct EdgeMetrics {
+    /// Predictions served.
+    pub predictions: AtomicU64,
+    /// Batches predicted.
+    pub batches: AtomicU64,
+    /// Samples selected and stored in the outbox.
+    pub selected: AtomicU64,
+    /// Entries acknowledged by the cloud.
+    pub acked: AtomicU64,
+    /// Bytes of upload requests sent.
+    pub bytes_sent: AtomicU64,
+    /// Samples dropped by the outbox's full policy.
+    pub drops: AtomicU64,
+    /// Parameter version serving.
+    pub params_version: AtomicU64,
+    /// Updates applied.
+    pub swaps: AtomicU64,
+    /// Updates refused (invalid).
+    pub rejected_updates: AtomicU64,
+    /// Microseconds to validate and prepare the last update.
+    pub prepare_us: AtomicU64,
+    /// Microseconds from the last update's arrival to its swap.
+    pub last_update_ms: AtomicU64,
+    /// Total inference microseconds.
+    pub inference_us: AtomicU64,
+    /// Total selection microseconds.
+    pub select_us: AtomicU64,
+    /// Reconnect attempts.
+    pub reconnects: AtomicU64,
+}
+
+impl EdgeMetrics {
+    /// The Prometheus text, with the outbox depth read at render time.
+    pub fn render(&self, outbox_entries: u64, outbox_bytes: u64) -> String {
+        let mut out = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        for (name, kind, help, value) in [
+            ("cema_edge_predictions_total", "counter", "Predictions served.", get(&self.predictions)),
+            ("cema_edge_batches_total", "counter", "Batches predicted.", get(&self.batches)),
+            ("cema_edge_selected_total", "counter", "Samples selected for upload.", get(&self.selected)),
+            ("cema_edge_uploaded_total", "counter", "Outbox entries acknowledged by the cloud.", get(&self.acked)),
+            ("cema_edge_upload_bytes_total", "counter", "Bytes of upload requests sent.", get(&self.bytes_sent)),
+            ("cema_edge_outbox_drops_total", "counter", "Samples dropped by the full policy.", get(&self.drops)),
+            ("cema_edge_outbox_entries", "gauge", "Entries waiting in the outbox.", outbox_entries as f64),
+            ("cema_edge_outbox_bytes", "gauge", "Bytes waiting in the outbox.", outbox_bytes as f64),
+            ("cema_edge_params_version", "gauge", "Parameter version serving.", get(&self.params_version)),
+            ("cema_edge_param_swaps_total", "counter", "Parameter updates applied.", get(&self.swaps)),
+            ("cema_edge_rejected_updates_total", "counter", "Invalid updates refused.", get(&self.rejected_updates)),
+            ("cema_edge_prepare_seconds", "gauge", "Validate + build of the last update.", get(&self.prepare_us) / 1e6),
+            (
+                "cema_edge_update_to_swap_seconds",
+                "gauge",
+                "Arrival to swap of the last update.",
+                get(&self.last_update_ms) / 1e6,
+            ),
+            ("cema_edge_inference_seconds_total", "counter", "Time in inference.", get(&self.inference_us) / 1e6),
+            ("cema_edge_selection_seconds_total", "counter", "Time in selection.", get(&self.select_us) / 1e6),
+            ("cema_edge_reconnects_total", "counter", "Reconnect attempts.", get(&self.reconnects)),
+        ] {
+            metric(&mut out, name, kind, help, value);
+        }
+        out
+    }
+}

@@ -1,0 +1,565 @@
+//! `cema-sim`: CEMA end to end on this machine. `demo` starts a real cloud and real edge
+//! agents (separate processes on loopback), streams Fashion-MNIST shift scenarios through
+//! them and reports accuracy with and without adaptation; `eval` compares methods on the same
+//! streams; both write `summary.md`, `results.json` and PNG plots into a run folder.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use cema_edge::{OrtLibrary, Runtime};
+use cema_shift::{Corruption, Protocol, Scenario, ScenarioConfig};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use cema_sim::fleet::{self, Binaries, CloudProcess, EdgeSpec};
+use cema_sim::plot;
+use cema_sim::report::{self, Record, Tally};
+
+/// CEMA end to end: real cloud, real edges, shift scenarios, reports.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One cloud and several edges, each on its own continual shift stream (the 15 benchmark
+    /// corruptions split between them), without adaptation vs with CEMA, in lockstep and in
+    /// real time. Prints a table; writes summary.md, results.json and plots.
+    Demo(DemoArgs),
+    /// Methods compared on the same streams and seeds: none, bn-stats, upload-all,
+    /// eata-select, cema-reference, cema-paper. Ends with `cema_minus_none=… cema_uploaded=…`.
+    Eval(EvalArgs),
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Folder with student.onnx and foundation.onnx (and manifests).
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Where run folders are created.
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// Corruption severity 1–5.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=5))]
+    severity: u8,
+    /// Samples streamed per corruption.
+    #[arg(long)]
+    samples_per_corruption: Option<usize>,
+    /// Scenario seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per edge batch.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Edge agents (the corruptions are split between them).
+    #[arg(long, default_value_t = 3)]
+    edges: usize,
+    /// Frame rate of each edge in the real-time run (images per second).
+    #[arg(long, default_value_t = 64.0)]
+    fps: f64,
+    /// Skip the real-time run.
+    #[arg(long)]
+    lockstep_only: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Methods, comma-separated.
+    #[arg(long, default_value = "none,bn-stats,upload-all,eata-select,cema-reference,cema-paper")]
+    methods: String,
+    /// Protocols, comma-separated: independent, continual.
+    #[arg(long, default_value = "independent,continual")]
+    protocols: String,
+    /// Corruptions, comma-separated (default: the 15 benchmark corruptions).
+    #[arg(long)]
+    corruptions: Option<String>,
+    /// Edge agents running at once.
+    #[arg(long, default_value_t = 3)]
+    parallel: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo(args),
+        Command::Eval(args) => eval(args),
+    };
+    if let Err(e) = result {
+        eprintln!("cema-sim: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_dir(runs: &Path, kind: &str) -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let dir = runs.join(format!("{kind}-{stamp}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(std::path::absolute(&dir)?)
+}
+
+fn model_paths(models: &Path) -> Result<(PathBuf, PathBuf)> {
+    let student = std::path::absolute(models.join("student.onnx"))?;
+    let foundation = std::path::absolute(models.join("foundation.onnx"))?;
+    for p in [&student, &foundation] {
+        if !p.is_file() {
+            bail!("{} is missing; the built-in models ship in models/ (or run `cema-cloud pretrain`)", p.display());
+        }
+    }
+    Ok((student, foundation))
+}
+
+/// Scenario flags of `cema-edge run`.
+fn scenario_args(c: &Common, protocol: &str, corruptions: &[Corruption], device: u64) -> Vec<String> {
+    let names: Vec<&str> = corruptions.iter().map(|c| c.name()).collect();
+    vec![
+        "--source".into(),
+        "scenario".into(),
+        "--protocol".into(),
+        protocol.into(),
+        "--corruptions".into(),
+        names.join(","),
+        "--severity".into(),
+        c.severity.to_string(),
+        "--samples-per-segment".into(),
+        c.samples_per_corruption.unwrap_or(320).to_string(),
+        "--seed".into(),
+        c.seed.to_string(),
+        "--scenario-device".into(),
+        device.to_string(),
+        "--batch".into(),
+        c.batch.to_string(),
+    ]
+}
+
+/// Predictions of the edge model without adaptation on the same stream (ONNX Runtime, in
+/// process: exactly what an agent without a cloud serves).
+fn offline(
+    student: &Path,
+    c: &Common,
+    protocol: Protocol,
+    corruptions: &[Corruption],
+    device: u64,
+) -> Result<Vec<Record>> {
+    let library = OrtLibrary::get(None)?;
+    let mut runtime = Runtime::load(library, student, 1)?;
+    let dir = cema_shift::dataset::fashion_mnist_dir()?;
+    let data = cema_shift::dataset::load_fashion_mnist(&dir, cema_shift::Split::Test)?;
+    let scenario = Scenario::new(
+        &data,
+        ScenarioConfig {
+            protocol,
+            corruptions: corruptions.to_vec(),
+            severities: vec![c.severity],
+            samples_per_segment: c.samples_per_corruption.unwrap_or(320),
+            seed: c.seed,
+            device,
+        },
+    );
+    let mut records = Vec::with_capacity(scenario.len());
+    let mut start = 0u64;
+    while start < scenario.len() as u64 {
+        let end = (start + c.batch as u64).min(scenario.len() as u64);
+        let batch = scenario.batch(start, end);
+        let mut input = Vec::new();
+        for s in &batch {
+            runtime.manifest().preprocess_u8(&s.image.to_chw(), &mut input);
+        }
+        let prediction = runtime.predict(&input, batch.len())?;
+        for (s, class) in batch.iter().zip(&prediction.class) {
+            records.push(Record {
+                id: format!("{}:{}:{}", s.position, s.corruption, s.severity),
+                class: *class,
+                label: Some(s.label as usize),
+                params_version: 0,
+                uploaded: false,
+            });
+        }
+        start = end;
+    }
+    Ok(records)
+}
+
+fn cloud_config(student: &Path, foundation: &Path) -> String {
+    format!(
+        "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
+         [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n",
+        s = student.display().to_string(),
+        f = foundation.display().to_string()
+    )
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+fn demo(args: DemoArgs) -> Result<()> {
+    let started = Instant::now();
+    let c = &args.common;
+    let bins = Binaries::locate()?;
+    let (student, foundation) = model_paths(&c.models)?;
+    let dir = run_dir(&c.runs, "demo")?;
+    let edges = args.edges.clamp(1, Corruption::BENCHMARK.len());
+    let groups: Vec<Vec<Corruption>> = (0..edges)
+        .map(|i| {
+            let n = Corruption::BENCHMARK.len();
+            Corruption::BENCHMARK[i * n / edges..(i + 1) * n / edges].to_vec()
+        })
+        .collect();
+    println!("run folder: {}", dir.display());
+    let mut pacings = vec![("lockstep".to_owned(), "lockstep".to_owned())];
+    if !args.lockstep_only {
+        pacings.push((format!("realtime {} img/s", args.fps), format!("realtime:{}", args.fps)));
+    }
+    let mut results = Vec::new();
+    let mut streams: Vec<Vec<(String, Vec<Record>)>> = vec![Vec::new(); edges];
+    for (i, group) in groups.iter().enumerate() {
+        eprintln!("edge-{}: {} (no adaptation, ONNX Runtime)", i + 1, names(group));
+        streams[i].push(("none".to_owned(), offline(&student, c, Protocol::Continual, group, i as u64)?));
+    }
+    for (label, pacing) in &pacings {
+        let data = dir.join(format!("cloud-{}", pacing.replace([':', '.'], "-")));
+        std::fs::create_dir_all(&data)?;
+        let mut specs = Vec::new();
+        for (i, group) in groups.iter().enumerate() {
+            let device = format!("edge-{}", i + 1);
+            let token = fleet::add_device(&bins, &data, &device, "cema")?;
+            let mut extra = scenario_args(c, "continual", group, i as u64);
+            extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), pacing.clone()]);
+            specs.push(EdgeSpec {
+                device: device.clone(),
+                token,
+                data_dir: data.join(&device),
+                output: data.join(format!("{device}.jsonl")),
+                args: extra,
+            });
+        }
+        let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
+        eprintln!("CEMA, {label}: cloud on {}, {} edges streaming", cloud.grpc, specs.len());
+        fleet::run_edges(&bins, &cloud, &specs, specs.len())?;
+        let metrics = cloud.metrics().unwrap_or_default();
+        cloud.stop()?;
+        let steps = fleet::metric(&metrics, "cema_cloud_steps_total").unwrap_or(0.0);
+        let step_s = fleet::metric(&metrics, "cema_cloud_step_seconds_sum").unwrap_or(0.0) / steps.max(1.0);
+        for (i, spec) in specs.iter().enumerate() {
+            let records = report::read(&spec.output)?;
+            let summary = report::edge_summary(&spec.data_dir.with_extension("log"));
+            results.push(json!({
+                "edge": spec.device, "pacing": pacing,
+                "updates_applied": summary.get("updates_applied"),
+                "upload_bytes": summary.get("upload_bytes"),
+                "cloud_steps": steps, "cloud_step_seconds": step_s,
+            }));
+            streams[i].push((format!("cema {label}"), records));
+        }
+    }
+
+    // Table: per corruption, none vs CEMA (each pacing), uploaded fraction.
+    let mut table = String::from("| edge | corruption | no adaptation |");
+    for (label, _) in &pacings {
+        table.push_str(&format!(" CEMA {label} | uploaded ({label}) |"));
+    }
+    table.push_str("\n|---|---|---|");
+    for _ in &pacings {
+        table.push_str("---|---|");
+    }
+    table.push('\n');
+    let mut per_corruption = Vec::new();
+    let mut means = vec![Tally::default(); pacings.len() + 1];
+    for (i, runs) in streams.iter().enumerate() {
+        let tallies: Vec<(Vec<(String, Tally)>, Tally)> = runs.iter().map(|(_, r)| report::by_corruption(r)).collect();
+        for (k, (corruption, none)) in tallies[0].0.iter().enumerate() {
+            table.push_str(&format!("| edge-{} | {corruption} | {} |", i + 1, pct(none.accuracy())));
+            let mut row =
+                json!({"edge": format!("edge-{}", i + 1), "corruption": corruption, "none_accuracy": none.accuracy()});
+            for (p, (label, _)) in pacings.iter().enumerate() {
+                let t = tallies[p + 1].0.get(k).map(|x| x.1).unwrap_or_default();
+                table.push_str(&format!(" {} | {} |", pct(t.accuracy()), pct(t.uploaded_fraction())));
+                row[format!("cema_{}_accuracy", label.split(' ').next().unwrap_or(label))] = json!(t.accuracy());
+                row[format!("cema_{}_uploaded_fraction", label.split(' ').next().unwrap_or(label))] =
+                    json!(t.uploaded_fraction());
+            }
+            table.push('\n');
+            per_corruption.push(row);
+        }
+        for (m, (_, total)) in tallies.iter().enumerate() {
+            means[m].n += total.n;
+            means[m].correct += total.correct;
+            means[m].uploaded += total.uploaded;
+        }
+    }
+    table.push_str(&format!("| all | all | {} |", pct(means[0].accuracy())));
+    for m in &means[1..] {
+        table.push_str(&format!(" {} | {} |", pct(m.accuracy()), pct(m.uploaded_fraction())));
+    }
+    table.push('\n');
+
+    let plots = write_plots(&dir, &streams)?;
+    let summary = format!(
+        "# CEMA demo\n\n{} edges, continual Fashion-MNIST streams at severity {}, {} samples per corruption, batch {}, seed {}.\n\
+         Accuracy (%) of the predictions served, before each update (lockstep: batch t+1 uses every update caused by batches ≤ t;\n\
+         real time: each edge streams at {} images/s and uses whatever has arrived).\n\n{table}\n\
+         ![accuracy](accuracy.png)\n\n![uploads](uploads.png)\n\nWall time: {:.0} s.\n",
+        edges,
+        c.severity,
+        c.samples_per_corruption.unwrap_or(320),
+        c.batch,
+        c.seed,
+        args.fps,
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(dir.join("summary.md"), &summary)?;
+    let results_json = json!({
+        "kind": "demo",
+        "config": {"edges": edges, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320),
+                   "batch": c.batch, "seed": c.seed, "fps": args.fps, "protocol": "continual",
+                   "models": c.models.display().to_string(), "corruptions": groups.iter().map(|g| names(g)).collect::<Vec<_>>()},
+        "per_corruption": per_corruption,
+        "runs": results,
+        "mean": {"none_accuracy": means[0].accuracy(),
+                 "cema": pacings.iter().zip(&means[1..]).map(|((l, _), t)| json!({"pacing": l, "accuracy": t.accuracy(), "uploaded_fraction": t.uploaded_fraction()})).collect::<Vec<_>>()},
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results_json)?)?;
+    println!("{table}");
+    println!("wrote {}/summary.md, results.json, {plots}", dir.display());
+    let cema = &means[1];
+    println!(
+        "none_accuracy={:.4} cema_accuracy={:.4} cema_minus_none={:.2} cema_uploaded={:.4} seconds={:.0}",
+        means[0].accuracy(),
+        cema.accuracy(),
+        100.0 * (cema.accuracy() - means[0].accuracy()),
+        cema.uploaded_fraction(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn names(group: &[Corruption]) -> String {
+    group.iter().map(|c| c.name()).collect::<Vec<_>>().join(",")
+}
+
+fn write_plots(dir: &Path, streams: &[Vec<(String, Vec<Record>)>]) -> Result<String> {
+    let accuracy: Vec<plot::Panel> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, runs)| plot::Panel {
+            title: format!("edge-{}: accuracy, moving average over 256 predictions", i + 1),
+            y_range: (0.0, 1.0),
+            series: runs
+                .iter()
+                .map(|(label, r)| plot::Series {
+                    label: label.clone(),
+                    points: report::moving(r, 256, 32, |x| x.correct() as u8 as f64),
+                })
+                .collect(),
+        })
+        .collect();
+    plot::write(&dir.join("accuracy.png"), &accuracy, "predictions").map_err(anyhow::Error::msg)?;
+    let uploads: Vec<plot::Panel> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, runs)| plot::Panel {
+            title: format!("edge-{}: uploaded fraction, moving average over 256 predictions", i + 1),
+            y_range: (0.0, 1.0),
+            series: runs
+                .iter()
+                .skip(1)
+                .map(|(label, r)| plot::Series {
+                    label: label.clone(),
+                    points: report::moving(r, 256, 32, |x| x.uploaded as u8 as f64),
+                })
+                .collect(),
+        })
+        .collect();
+    plot::write(&dir.join("uploads.png"), &uploads, "predictions").map_err(anyhow::Error::msg)?;
+    Ok("accuracy.png, uploads.png".to_owned())
+}
+
+/// Edge flags and cloud model of a method.
+fn method_setup(method: &str) -> Result<(Vec<String>, &'static str)> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    Ok(match method {
+        "bn-stats" => (s(&["--preset", "upload-all"]), "bnstats"),
+        "upload-all" => (s(&["--preset", "upload-all"]), "cema"),
+        "eata-select" => (s(&["--preset", "eata-select", "--d-margin", "raw:0.05"]), "cema"),
+        "cema-reference" => (s(&["--preset", "reference"]), "cema"),
+        "cema-paper" => (s(&["--preset", "paper"]), "cema"),
+        other => bail!("unknown method `{other}`"),
+    })
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let started = Instant::now();
+    let c = &args.common;
+    let bins = Binaries::locate()?;
+    let (student, foundation) = model_paths(&c.models)?;
+    let dir = run_dir(&c.runs, "eval")?;
+    let corruptions: Vec<Corruption> = match &args.corruptions {
+        Some(list) => list.split(',').map(|s| s.trim().parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?,
+        None => Corruption::BENCHMARK.to_vec(),
+    };
+    let methods: Vec<String> = args.methods.split(',').map(|m| m.trim().to_owned()).collect();
+    let protocols: Vec<String> = args.protocols.split(',').map(|p| p.trim().to_owned()).collect();
+    for p in &protocols {
+        if p != "independent" && p != "continual" {
+            bail!("protocol `{p}`: use independent or continual");
+        }
+    }
+    println!("run folder: {}", dir.display());
+    // (method, protocol, device-index, corruptions of that stream, device id)
+    let mut streams: Vec<(String, String, usize, Vec<Corruption>, String)> = Vec::new();
+    for method in &methods {
+        for protocol in &protocols {
+            if protocol == "independent" {
+                for (k, corruption) in corruptions.iter().enumerate() {
+                    streams.push((
+                        method.clone(),
+                        protocol.clone(),
+                        k,
+                        vec![*corruption],
+                        format!("{method}-ind-{}", corruption.name()),
+                    ));
+                }
+            } else {
+                streams.push((method.clone(), protocol.clone(), 0, corruptions.clone(), format!("{method}-cont")));
+            }
+        }
+    }
+    let data = dir.join("cloud");
+    std::fs::create_dir_all(&data)?;
+    let mut specs = Vec::new();
+    let mut outputs: Vec<(usize, PathBuf)> = Vec::new();
+    let mut records: Vec<Option<Vec<Record>>> = vec![None; streams.len()];
+    for (i, (method, protocol, device, group, id)) in streams.iter().enumerate() {
+        let proto = if protocol == "independent" { Protocol::Independent } else { Protocol::Continual };
+        if method == "none" {
+            records[i] = Some(offline(&student, c, proto, group, *device as u64)?);
+            continue;
+        }
+        let (flags, model) = method_setup(method)?;
+        let token = fleet::add_device(&bins, &data, id, model)?;
+        let mut extra = scenario_args(c, protocol, group, *device as u64);
+        extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), "lockstep".into()]);
+        extra.extend(flags);
+        let output = data.join(format!("{id}.jsonl"));
+        outputs.push((i, output.clone()));
+        specs.push(EdgeSpec { device: id.clone(), token, data_dir: data.join(id), output, args: extra });
+    }
+    if !specs.is_empty() {
+        let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
+        eprintln!("{} adapted streams on cloud {} ({} at a time)", specs.len(), cloud.grpc, args.parallel);
+        fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;
+        cloud.stop()?;
+    }
+    for (i, output) in outputs {
+        records[i] = Some(report::read(&output)?);
+    }
+
+    // Per method and protocol: accuracy and uploaded fraction per corruption.
+    let mut rows = Vec::new();
+    let mut table = String::new();
+    let mut headline: Option<(f64, f64, f64)> = None; // (cema, none, uploaded) of the first protocol
+    for protocol in &protocols {
+        table.push_str(&format!("\n### {protocol}, severity {} — accuracy % (uploaded %)\n\n| method |", c.severity));
+        for corruption in &corruptions {
+            table.push_str(&format!(" {} |", corruption.name()));
+        }
+        table.push_str(" mean |\n|---|");
+        table.push_str(&"---|".repeat(corruptions.len() + 1));
+        table.push('\n');
+        let mut none_mean = None;
+        for method in &methods {
+            let mut per: Vec<Tally> = vec![Tally::default(); corruptions.len()];
+            for (i, (m, p, _, _, _)) in streams.iter().enumerate() {
+                if m != method || p != protocol {
+                    continue;
+                }
+                for r in records[i].as_deref().unwrap_or_default() {
+                    if let Some(k) = corruptions.iter().position(|c| c.name() == r.corruption()) {
+                        per[k].add(r.correct(), r.uploaded);
+                    }
+                }
+            }
+            table.push_str(&format!("| {method} |"));
+            for (corruption, t) in corruptions.iter().zip(&per) {
+                table.push_str(&format!(" {} ({}) |", pct(t.accuracy()), pct(t.uploaded_fraction())));
+                rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": corruption.name(),
+                                 "accuracy": t.accuracy(), "uploaded_fraction": t.uploaded_fraction(), "samples": t.n}));
+            }
+            let mean_acc = per.iter().map(Tally::accuracy).sum::<f64>() / per.len() as f64;
+            let mean_up = per.iter().map(Tally::uploaded_fraction).sum::<f64>() / per.len() as f64;
+            table.push_str(&format!(" **{}** ({}) |\n", pct(mean_acc), pct(mean_up)));
+            rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": "mean",
+                             "accuracy": mean_acc, "uploaded_fraction": mean_up}));
+            if method == "none" {
+                none_mean = Some(mean_acc);
+            }
+            if method == "cema-reference" && headline.is_none() {
+                headline = Some((mean_acc, none_mean.unwrap_or(f64::NAN), mean_up));
+            }
+        }
+    }
+    let summary = format!(
+        "# CEMA evaluation\n\nFashion-MNIST test streams, severity {}, {} samples per corruption, batch {}, seed {}, lockstep pacing.\n\
+         Methods: none (edge model as shipped), bn-stats (cloud updates running statistics only, from all samples),\n\
+         upload-all (CEMA's cloud on every sample), eata-select (EATA's selection with its published margin 0.05),\n\
+         cema-reference and cema-paper (cema-spec presets).\n{table}\nWall time: {:.0} s.\n",
+        c.severity,
+        c.samples_per_corruption.unwrap_or(320),
+        c.batch,
+        c.seed,
+        started.elapsed().as_secs_f64()
+    );
+    std::fs::write(dir.join("summary.md"), &summary)?;
+    let results = json!({
+        "kind": "eval",
+        "config": {"severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320), "batch": c.batch,
+                   "seed": c.seed, "methods": methods, "protocols": protocols, "pacing": "lockstep",
+                   "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(), "models": c.models.display().to_string()},
+        "results": rows,
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    let series: Vec<plot::Panel> = protocols
+        .iter()
+        .filter(|p| *p == "continual")
+        .map(|p| plot::Panel {
+            title: format!("{p}: accuracy, moving average over 256 predictions"),
+            y_range: (0.0, 1.0),
+            series: streams
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| &s.1 == p)
+                .map(|(i, s)| plot::Series {
+                    label: s.0.clone(),
+                    points: report::moving(records[i].as_deref().unwrap_or_default(), 256, 64, |x| {
+                        x.correct() as u8 as f64
+                    }),
+                })
+                .collect(),
+        })
+        .collect();
+    if !series.is_empty() {
+        plot::write(&dir.join("accuracy.png"), &series, "predictions").map_err(anyhow::Error::msg)?;
+    }
+    println!("{table}");
+    println!("wrote {}/summary.md, results.json", dir.display());
+    let (cema, none, uploaded) = headline.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+    println!(
+        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} seconds={:.0}",
+        100.0 * (cema - none),
+        uploaded,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! Shared helpers: small models, a cloud process with registered devices, gRPC clients.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use cema_core::codec::{self, Compression};
+use cema_core::{Manifest, OnnxModel};
+use cema_proto::v1::cema_client::CemaClient;
+use cema_proto::v1::{self, RegisterRequest};
+use cema_sim::fleet::{self, Binaries, CloudProcess};
+use tonic::transport::Channel;
+
+/// A small student and foundation with manifests (see `cema_cloud::builtin::write_tiny_models`).
+pub(crate) fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
+    cema_cloud::builtin::write_tiny_models(dir).unwrap()
+}
+
+/// The shipped built-in models.
+pub(crate) fn shipped_models() -> (PathBuf, PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models");
+    (root.join("student.onnx"), root.join("foundation.onnx"))
+}
+
+/// Cloud config for one model id `default`.
+pub(crate) fn config(student: &Path, foundation: &Path, extra: &str) -> String {
+    format!(
+        "[models.default]\nedge = {:?}\nfoundation = {:?}\n{extra}",
+        student.display().to_string(),
+        foundation.display().to_string()
+    )
+}
+
+/// Binaries built by `cargo test --workspace` (or `cargo build --bins`).
+pub(crate) fn binaries() -> Binaries {
+    Binaries::locate().expect("cema-cloud and cema-edge binaries")
+}
+
+/// Registers devices, then starts the cloud; returns it and the token files.
+pub(crate) fn cloud_with_devices(
+    bins: &Binaries,
+    data: &Path,
+    config: &str,
+    devices: &[&str],
+) -> (CloudProcess, Vec<PathBuf>) {
+    std::fs::create_dir_all(data).unwrap();
+    let tokens = devices.iter().map(|d| fleet::add_device(bins, data, d, "default").unwrap()).collect();
+    (CloudProcess::start(bins, data, config).unwrap(), tokens)
+}
+
+/// A gRPC client that sends `token`.
+pub(crate) async fn client(cloud: &CloudProcess) -> CemaClient<Channel> {
+    CemaClient::connect(format!("http://{}", cloud.grpc)).await.unwrap()
+}
+
+/// Adds the bearer token to a request.
+pub(crate) fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", cema_proto::bearer(token).parse().unwrap());
+    request
+}
+
+/// Reads a token file.
+pub(crate) fn token(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+/// The registration of `device` running `student`.
+pub(crate) fn register(device: &str, student: &Path) -> RegisterRequest {
+    RegisterRequest {
+        device_id: device.to_owned(),
+        model_fingerprint: OnnxModel::load(student).unwrap().fingerprint().to_hex(),
+        manifest: Some(cema_proto::manifest_summary(&Manifest::load(Manifest::path_for(student)).unwrap())),
+        agent_version: "test".into(),
+        applied_version: 0,
+    }
+}
+
+/// A deterministic 28×28 image whose first 8 bytes encode `id` (so stored samples can be told apart).
+pub(crate) fn image(id: u64) -> v1::EncodedTensor {
+    let mut pixels = vec![0u8; 784];
+    pixels[..8].copy_from_slice(&id.to_le_bytes());
+    let mut s = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for p in &mut pixels[8..] {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        *p = s as u8;
+    }
+    cema_proto::sample_to_wire(&codec::encode_u8(&[1, 28, 28], &pixels, Compression::None).unwrap())
+}
+
+/// The id encoded by [`image`].
+pub(crate) fn image_id(tensor: &v1::EncodedTensor) -> u64 {
+    u64::from_le_bytes(tensor.data[..8].try_into().unwrap())
+}
+
+/// Every stored sample id of a scope (replay buffer), opened after the cloud stopped.
+pub(crate) fn stored_ids(data: &Path, scope: &str) -> (Vec<u64>, cema_cloud::store::ScopeMeta, u64) {
+    let db = sled::open(data.join("state")).unwrap();
+    let store = cema_cloud::store::Store::open(&db).unwrap();
+    let meta = store.meta(scope).unwrap();
+    let ids: Vec<u64> = (meta.replay_head..meta.replay_next).collect();
+    let samples = store.replay_samples(scope, &ids).unwrap();
+    let acked = store.acked_seq(scope.trim_start_matches("device:")).unwrap();
+    (samples.iter().map(image_id).collect(), meta, acked)
+}
