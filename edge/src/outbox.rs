@@ -161,7 +161,8 @@ impl Outbox {
         let (held_entries, held_bytes) = *usage;
         let sizes: Vec<u64> = samples.iter().map(|s| s.encoded_len() as u64 + 16).collect();
         let incoming_bytes: u64 = sizes.iter().sum();
-        let fits = |entries: u64, bytes: u64| entries + 1 <= self.limits.max_entries && bytes <= self.limits.max_bytes;
+        // `entries` excludes the batch-end marker every batch adds.
+        let fits = |entries: u64, bytes: u64| entries < self.limits.max_entries && bytes <= self.limits.max_bytes;
         // Which new samples to keep, and how many old ones to evict.
         let mut keep_new = vec![true; samples.len()];
         let mut evict: Vec<(Vec<u8>, u64)> = Vec::new();
