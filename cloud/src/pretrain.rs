@@ -221,7 +221,7 @@ fn learning_rate(peak: f64, step: usize, total: usize, warmup: usize) -> f64 {
 
 /// The data order of one epoch (Fisher–Yates from the seed and epoch).
 fn permutation(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
-    let mut rng = Rng::for_stream(&[seed, epoch as u64, 0x6f72_6465_72]);
+    let mut rng = Rng::for_stream(&[seed, epoch as u64, 0x6f_7264_6572]);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         let j = rng.int_inclusive(0, i as i64) as usize;

@@ -224,9 +224,12 @@ fn merge(mut args: RunArgs) -> Result<RunArgs> {
     Ok(args)
 }
 
+/// One streamed item: its id, the raw sample, and its label if known.
+type Item = (String, SampleValues, Option<u32>);
+
 /// Samples with optional labels and ids.
 struct Source {
-    samples: Box<dyn FnMut(u64, u64) -> Vec<(String, SampleValues, Option<u32>)>>,
+    samples: Box<dyn FnMut(u64, u64) -> Vec<Item>>,
     len: u64,
 }
 

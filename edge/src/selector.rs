@@ -276,7 +276,7 @@ mod tests {
         let e_min = 0.02 * 10f64.ln();
         let uniform = vec![0.1f32; C * 3];
         // Batch 1 (3 seen < 4): static bound; 2.303 is above E_max, 0.01 below E_min.
-        let h1 = [0.308f32, 2.302_585, 0.01];
+        let h1 = [0.308f32, std::f32::consts::LN_10, 0.01];
         let sel = s.select(&h1, &uniform);
         assert_eq!(sel.keep, [true, false, false]);
         assert_eq!((sel.upper, sel.lower), (e_max, e_min));

@@ -1,6 +1,7 @@
 //! Parameter updates through the agent's real watcher: a gRPC server on 127.0.0.1 plays the
 //! cloud's WatchParams and sends valid and invalid versions; the agent serves exactly what the
 //! patched model serves alone, and refuses invalid versions without changing predictions.
+#![allow(clippy::unwrap_used)] // a failing test should panic where it fails
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,7 @@
 //! The agent never loses a selected sample: it streams while the cloud is down, is killed
 //! with -9 between selection and acknowledgement, restarts, and once the cloud is up its
 //! outbox drains — the cloud then holds every selected sample exactly once.
+#![allow(clippy::unwrap_used)] // a failing test should panic where it fails
 
 mod support;
 
