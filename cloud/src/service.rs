@@ -1,7 +1,6 @@
 //! The `cema.v1.Cema` gRPC service: Register, Upload (ingest), WatchParams (broadcast).
 //! Status codes follow the mapping documented at the top of `service.proto`.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -271,11 +270,6 @@ impl CloudService {
         }
         Ok(UploadAck { seqs, duplicates: outcome.duplicates as u32 })
     }
-}
-
-/// Counts per reason, for tests and the benchmark.
-pub fn rejected_counts(metrics: &Metrics, reasons: &[&str]) -> HashMap<String, u64> {
-    reasons.iter().map(|r| (r.to_string(), metrics.rejected(r))).collect()
 }
 
 /// Resolves once the shutdown flag turns true (or its sender is gone).

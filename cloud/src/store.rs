@@ -182,6 +182,24 @@ struct WalEntry {
     batch: u64,
 }
 
+impl From<WalEntry> for Incoming {
+    fn from(e: WalEntry) -> Self {
+        match e.sample {
+            Some(input) => Incoming::Sample { seq: e.seq, input },
+            None => Incoming::BatchEnd { seq: e.seq, batch: e.batch },
+        }
+    }
+}
+
+impl From<&Incoming> for WalEntry {
+    fn from(e: &Incoming) -> Self {
+        match e {
+            Incoming::Sample { seq, input } => WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0 },
+            Incoming::BatchEnd { seq, batch } => WalEntry { seq: *seq, sample: None, batch: *batch },
+        }
+    }
+}
+
 /// The WAL is cut back to empty once it grows past this (after sled is flushed).
 const WAL_ROTATE_BYTES: u64 = 64 << 20;
 
@@ -274,14 +292,7 @@ impl Store {
             }
             let record =
                 WalRecord::decode(body).map_err(|e| StoreError::Corrupt { tree: "wal", detail: e.to_string() })?;
-            let entries: Vec<Incoming> = record
-                .entries
-                .into_iter()
-                .map(|e| match e.sample {
-                    Some(input) => Incoming::Sample { seq: e.seq, input },
-                    None => Incoming::BatchEnd { seq: e.seq, batch: e.batch },
-                })
-                .collect();
+            let entries: Vec<Incoming> = record.entries.into_iter().map(Incoming::from).collect();
             self.apply(&record.device, &record.scope, &entries, record.replay_capacity)?;
             replayed += 1;
             rest = &rest[12 + len..];
@@ -304,13 +315,7 @@ impl Store {
             device: device.to_owned(),
             scope: scope.to_owned(),
             replay_capacity,
-            entries: entries
-                .iter()
-                .map(|e| match e {
-                    Incoming::Sample { seq, input } => WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0 },
-                    Incoming::BatchEnd { seq, batch } => WalEntry { seq: *seq, sample: None, batch: *batch },
-                })
-                .collect(),
+            entries: entries.iter().map(WalEntry::from).collect(),
         };
         let body = record.encode_to_vec();
         let mut frame = Vec::with_capacity(body.len() + 12);
@@ -333,13 +338,6 @@ impl Store {
     /// The database (shared with the device registry).
     pub fn db(&self) -> sled::Db {
         self.db.clone()
-    }
-
-    /// Waits until everything written so far is on disk.
-    pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let _writes = write_guard();
-        self.db.flush()?;
-        Ok(())
     }
 
     /// Makes the last transaction durable. sled 0.34 recovers a transaction's batch only if

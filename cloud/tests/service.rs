@@ -24,8 +24,6 @@ struct Harness {
     fingerprint: String,
     manifest: v1::ManifestSummary,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    float_manifest: v1::ManifestSummary,
-    float_fingerprint: String,
 }
 
 async fn start() -> Harness {
@@ -64,8 +62,6 @@ async fn start() -> Harness {
         metrics,
         fingerprint: OnnxModel::load(&student).unwrap().fingerprint().to_hex(),
         manifest: summary(&student),
-        float_fingerprint: OnnxModel::load(&float).unwrap().fingerprint().to_hex(),
-        float_manifest: summary(&float),
         stop: Some(stop),
         _dir: dir,
     }
@@ -263,8 +259,6 @@ async fn bad_input_is_refused_precisely_and_changes_no_state() {
     let ok = upload(&h, &float_token, request("f1", vec![sample(1, float_sample(&[0.25; 784]))])).await.unwrap();
     assert_eq!(ok.seqs, vec![1]);
     let before = state(&h);
-    let _ = &h.float_fingerprint;
-    let _ = &h.float_manifest;
 
     // A message over the 32 MiB limit.
     let big: Vec<Sample> =

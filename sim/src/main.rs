@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use cema_edge::{OrtLibrary, Runtime};
-use cema_shift::{Corruption, Protocol, Scenario, ScenarioConfig};
+use cema_shift::{Corruption, Dataset, Protocol, Scenario, ScenarioConfig};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -120,6 +120,12 @@ fn model_paths(models: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((student, foundation))
 }
 
+/// The Fashion-MNIST test set, which every stream draws from.
+fn test_set() -> Result<Dataset> {
+    let dir = cema_shift::dataset::fashion_mnist_dir()?;
+    Ok(cema_shift::dataset::load_fashion_mnist(&dir, cema_shift::Split::Test)?)
+}
+
 /// Scenario flags of `cema-edge run`.
 fn scenario_args(c: &Common, protocol: &str, corruptions: &[Corruption], device: u64) -> Vec<String> {
     let names: Vec<&str> = corruptions.iter().map(|c| c.name()).collect();
@@ -147,6 +153,7 @@ fn scenario_args(c: &Common, protocol: &str, corruptions: &[Corruption], device:
 /// process: exactly what an agent without a cloud serves).
 fn offline(
     student: &Path,
+    data: &Dataset,
     c: &Common,
     protocol: Protocol,
     corruptions: &[Corruption],
@@ -154,10 +161,8 @@ fn offline(
 ) -> Result<Vec<Record>> {
     let library = OrtLibrary::get(None)?;
     let mut runtime = Runtime::load(library, student, 1)?;
-    let dir = cema_shift::dataset::fashion_mnist_dir()?;
-    let data = cema_shift::dataset::load_fashion_mnist(&dir, cema_shift::Split::Test)?;
     let scenario = Scenario::new(
-        &data,
+        data,
         ScenarioConfig {
             protocol,
             corruptions: corruptions.to_vec(),
@@ -224,9 +229,10 @@ fn demo(args: DemoArgs) -> Result<()> {
     }
     let mut results = Vec::new();
     let mut streams: Vec<Vec<(String, Vec<Record>)>> = vec![Vec::new(); edges];
+    let data = test_set()?;
     for (i, group) in groups.iter().enumerate() {
         eprintln!("edge-{}: {} (no adaptation, ONNX Runtime)", i + 1, names(group));
-        streams[i].push(("none".to_owned(), offline(&student, c, Protocol::Continual, group, i as u64)?));
+        streams[i].push(("none".to_owned(), offline(&student, &data, c, Protocol::Continual, group, i as u64)?));
     }
     for (label, pacing) in &pacings {
         let data = dir.join(format!("cloud-{}", pacing.replace([':', '.'], "-")));
@@ -438,13 +444,14 @@ fn eval(args: EvalArgs) -> Result<()> {
     }
     let data = dir.join("cloud");
     std::fs::create_dir_all(&data)?;
+    let test = test_set()?;
     let mut specs = Vec::new();
     let mut outputs: Vec<(usize, PathBuf)> = Vec::new();
     let mut records: Vec<Option<Vec<Record>>> = vec![None; streams.len()];
     for (i, (method, protocol, device, group, id)) in streams.iter().enumerate() {
         let proto = if protocol == "independent" { Protocol::Independent } else { Protocol::Continual };
         if method == "none" {
-            records[i] = Some(offline(&student, c, proto, group, *device as u64)?);
+            records[i] = Some(offline(&student, &test, c, proto, group, *device as u64)?);
             continue;
         }
         let (flags, model) = method_setup(method)?;
