@@ -44,6 +44,9 @@ pub struct PretrainOptions {
     pub checkpoint_every: usize,
     /// Ignore an existing checkpoint and start from the seed.
     pub fresh: bool,
+    /// Start from this model's weights instead of the seed's (same built-in architecture):
+    /// continues training a shipped model with another schedule.
+    pub init: Option<PathBuf>,
     /// The command line, recorded in the manifest.
     pub command: String,
 }
@@ -73,7 +76,20 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainOutcome> {
     ensure!(steps_per_epoch > 0, "{} training images make no batch of {}", train.len(), recipe.batch);
     let total_steps = recipe.epochs * steps_per_epoch;
 
-    let identity = format!("{} {:?} train_images={}", options.model, recipe, train.len());
+    let init = options.init.as_deref().map(|path| initial_model(options.model, path)).transpose()?;
+    let init_note = match (&options.init, &init) {
+        (Some(path), Some(model)) => {
+            format!("{} sha256:{}{}", path.display(), model.fingerprint().to_hex(), made_by(path))
+        }
+        _ => "seed".to_owned(),
+    };
+    let identity = format!(
+        "{} {:?} train_images={} init={}",
+        options.model,
+        recipe,
+        train.len(),
+        init.as_ref().map_or_else(|| "seed".to_owned(), |model| model.fingerprint().to_hex())
+    );
     let checkpoint_path = options.out_dir.join(format!("{}.ckpt", options.model));
     let checkpoint = if options.fresh { None } else { Checkpoint::read(&checkpoint_path)? };
     let device = cpu_autodiff();
@@ -98,7 +114,10 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainOutcome> {
             (checkpoint.model, graph, checkpoint.step)
         }
         None => {
-            let model = options.model.spec().build(recipe.seed)?;
+            let model = match init.clone() {
+                Some(model) => model,
+                None => options.model.spec().build(recipe.seed)?,
+            };
             let graph = Graph::load(&model, &device, Trainable::All)?;
             (model, graph, 0)
         }
@@ -173,13 +192,45 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainOutcome> {
     let report = evaluate(&trained, &manifest, &test, &Corruption::BENCHMARK, 5).map_err(anyhow::Error::msg)?;
 
     let model_path = options.model.model_path(&options.out_dir);
-    let provenance = provenance(options, train.len(), &report);
+    let provenance = provenance(options, train.len(), &report, &init_note);
     write_atomically(&model_path, &trained.encode())?;
     write_atomically(&Manifest::path_for(&model_path), options.model.manifest_toml(&provenance).as_bytes())?;
     if checkpoint_path.exists() {
         std::fs::remove_file(&checkpoint_path).with_context(|| format!("removing {}", checkpoint_path.display()))?;
     }
     Ok(PretrainOutcome { model_path, report, images_per_second })
+}
+
+/// Loads `path` and checks that it has the built-in's architecture: every initializer of the
+/// seed-built model, by name, with the same dimensions.
+fn initial_model(model: BuiltIn, path: &Path) -> Result<OnnxModel> {
+    let loaded = OnnxModel::load(path).with_context(|| format!("loading --init {}", path.display()))?;
+    let reference = model.spec().build(0)?;
+    for expected in &reference.graph().initializer {
+        let name = expected.name.as_deref().unwrap_or_default();
+        let found = loaded.initializer(name).with_context(|| {
+            format!("--init {} is not a built-in {model}: it has no tensor `{name}`", path.display())
+        })?;
+        ensure!(
+            found.dims == expected.dims,
+            "--init {} is not a built-in {model}: `{name}` has dims {:?}, expected {:?}",
+            path.display(),
+            found.dims,
+            expected.dims
+        );
+    }
+    Ok(loaded)
+}
+
+/// `, made by `<command>`` from the provenance in the model's manifest, so that a chain of
+/// runs stays reproducible; empty when there is none.
+fn made_by(model_path: &Path) -> String {
+    std::fs::read_to_string(Manifest::path_for(model_path))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| table.get("provenance")?.get("command")?.as_str().map(str::to_owned))
+        .map(|command| format!(", made by `{command}`"))
+        .unwrap_or_default()
 }
 
 fn truncate(data: &mut Dataset, limit: Option<usize>) {
@@ -189,12 +240,18 @@ fn truncate(data: &mut Dataset, limit: Option<usize>) {
     }
 }
 
-fn provenance(options: &PretrainOptions, train_images: usize, report: &EvalReport) -> Vec<(String, toml::Value)> {
+fn provenance(
+    options: &PretrainOptions,
+    train_images: usize,
+    report: &EvalReport,
+    init_note: &str,
+) -> Vec<(String, toml::Value)> {
     let r = &options.recipe;
     let round = |x: f64| (x * 1e4).round() / 1e4;
     vec![
         ("command".into(), toml::Value::String(options.command.clone())),
         ("seed".into(), toml::Value::Integer(r.seed as i64)),
+        ("init".into(), toml::Value::String(init_note.to_owned())),
         ("epochs".into(), toml::Value::Integer(r.epochs as i64)),
         ("batch".into(), toml::Value::Integer(r.batch as i64)),
         ("lr".into(), toml::Value::Float(r.lr)),
