@@ -53,7 +53,8 @@ enum Command {
     /// Train a built-in model on Fashion-MNIST and write `<out>/<model>.onnx` and its manifest
     /// `<out>/<model>.toml` (with the command, seed and measured accuracy). Resumes from
     /// `<out>/<model>.ckpt` when interrupted. The shipped files in `models/` were made by
-    /// `cema-cloud pretrain --model student` and `--model foundation` with the defaults.
+    /// `cema-cloud pretrain --model student` and `--model foundation` with the defaults, the
+    /// foundation then continued with `--init` (its manifest records the exact commands).
     Pretrain(PretrainArgs),
 }
 
@@ -92,12 +93,21 @@ struct PretrainArgs {
     /// Discard an existing checkpoint and start from the seed.
     #[arg(long)]
     fresh: bool,
+    /// Continue from this model's weights (a built-in of the same kind) instead of the seed's
+    /// initialisation; the seed still fixes data order and augmentation.
+    #[arg(long)]
+    init: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum ParamsCommand {
-    /// List scopes with their latest and stored versions.
-    List,
+    /// List scopes: latest and stored versions, steps, replay and queue sizes, and each
+    /// device's highest acknowledged seq (the running service serves the same at `/scopes`).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Publish an earlier version's parameters again, as a new version (momentum reset).
     Rollback {
         /// Scope, e.g. `device:cam-1` or `fleet:default`.
@@ -236,16 +246,28 @@ fn params(data_dir: &std::path::Path, command: ParamsCommand) -> Result<()> {
         .with_context(|| format!("opening the cloud state in {} (stop the service first)", data_dir.display()))?;
     let store = cema_cloud::store::Store::open(&db)?;
     match command {
-        ParamsCommand::List => {
-            println!("{:<32} {:>8} {:>8} {:>8}  stored versions", "scope", "version", "steps", "replay");
-            for scope in store.scopes()? {
-                let meta = store.meta(&scope)?;
-                let versions = store.versions(&scope)?;
-                let range = match (versions.first(), versions.last()) {
-                    (Some(a), Some(b)) => format!("{a}–{b}"),
-                    _ => "none".to_owned(),
-                };
-                println!("{scope:<32} {:>8} {:>8} {:>8}  {range}", meta.version, meta.steps, meta.replay_len());
+        ParamsCommand::List { json } => {
+            let summaries = store.summaries()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summaries)?);
+                return Ok(());
+            }
+            println!(
+                "{:<32} {:>8} {:>8} {:>8} {:>8}  stored versions",
+                "scope", "version", "steps", "replay", "queued"
+            );
+            for s in summaries {
+                let range = s.stored_versions.map_or_else(|| "none".to_owned(), |(a, b)| format!("{a}–{b}"));
+                println!(
+                    "{:<32} {:>8} {:>8} {:>8} {:>8}  {range}",
+                    s.scope, s.version, s.steps, s.replay, s.queued_samples
+                );
+                for (device, progress) in &s.devices {
+                    println!(
+                        "  {device:<30} acked seq {}, batches processed through {}",
+                        progress.acked_seq, progress.through_batch
+                    );
+                }
             }
         }
         ParamsCommand::Rollback { scope, version } => {
@@ -272,6 +294,7 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
         eval_limit: args.eval_limit,
         checkpoint_every: args.checkpoint_every,
         fresh: args.fresh,
+        init: args.init,
         command: command.join(" "),
     };
     let outcome = cema_cloud::pretrain::pretrain(&options)?;

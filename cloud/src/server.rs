@@ -219,7 +219,10 @@ impl Cloud {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut grpc_stop = self.shutdown.subscribe();
+        // Pings drop the streams of devices whose link died silently, so watchers do not pile up.
         let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(cema)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async move {
@@ -255,11 +258,28 @@ impl Cloud {
 }
 
 fn admin_router(engine: Arc<Engine>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+    let store = engine.store().clone();
     let render: cema_edge::admin::Render = Arc::new(move || {
         let (scopes, watchers) = engine.counts();
         metrics.render(scopes, watchers)
     });
-    cema_edge::admin::router(render, ready)
+    cema_edge::admin::router(render, ready).route(
+        "/scopes",
+        axum::routing::get(move || {
+            let store = store.clone();
+            async move { scopes_json(&store) }
+        }),
+    )
+}
+
+/// `GET /scopes`: every scope's version, steps, replay and queue sizes, and per device the
+/// highest acknowledged seq — what an operator checks after a restart or an outage.
+fn scopes_json(store: &Store) -> (axum::http::StatusCode, [(axum::http::HeaderName, &'static str); 1], String) {
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    match store.summaries().map_err(anyhow::Error::from).and_then(|s| Ok(serde_json::to_string_pretty(&s)?)) {
+        Ok(body) => (axum::http::StatusCode::OK, json, body + "\n"),
+        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, json, format!("{{\"error\":{:?}}}\n", e.to_string())),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

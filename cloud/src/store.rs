@@ -8,7 +8,7 @@
 //! crash the same step runs again from the same inputs, and the version continues from the
 //! last committed one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cema_proto::v1;
 use prost::Message;
@@ -73,6 +73,34 @@ impl ScopeMeta {
     pub fn replay_len(&self) -> u64 {
         self.replay_next - self.replay_head
     }
+}
+
+/// What an operator sees of a scope: admin `/scopes`, `cema-cloud params list`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ScopeSummary {
+    /// `device:<id>` or `fleet:<model>`.
+    pub scope: String,
+    /// Latest parameter version (0 = source parameters).
+    pub version: u64,
+    /// Adaptation steps run.
+    pub steps: u64,
+    /// Samples in the replay buffer.
+    pub replay: u64,
+    /// Samples waiting for a step.
+    pub queued_samples: u64,
+    /// Oldest and newest stored version (for rollback), if any.
+    pub stored_versions: Option<(u64, u64)>,
+    /// Devices feeding the scope: highest stored seq and highest batch processed.
+    pub devices: BTreeMap<String, DeviceProgress>,
+}
+
+/// One device's progress in a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceProgress {
+    /// Highest seq stored (everything at or below it is acknowledged and durable).
+    pub acked_seq: u64,
+    /// Highest batch whose batch end has been processed.
+    pub through_batch: u64,
 }
 
 /// A queue entry: a sample (its encoded tensor) or a batch-end marker.
@@ -367,6 +395,35 @@ impl Store {
     /// Every scope with stored bookkeeping.
     pub fn scopes(&self) -> Result<Vec<String>, StoreError> {
         self.scopes.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
+    }
+
+    /// Every scope's summary, in scope order.
+    pub fn summaries(&self) -> Result<Vec<ScopeSummary>, StoreError> {
+        self.scopes()?
+            .into_iter()
+            .map(|scope| {
+                let meta = self.meta(&scope)?;
+                let versions = self.versions(&scope)?;
+                let mut devices = BTreeMap::new();
+                let own = scope.strip_prefix("device:").map(str::to_owned);
+                for device in meta.through.keys().cloned().chain(own) {
+                    let progress = DeviceProgress {
+                        acked_seq: self.acked_seq(&device)?,
+                        through_batch: meta.through.get(&device).copied().unwrap_or(0),
+                    };
+                    devices.insert(device, progress);
+                }
+                Ok(ScopeSummary {
+                    version: meta.version,
+                    steps: meta.steps,
+                    replay: meta.replay_len(),
+                    queued_samples: meta.queued_samples,
+                    stored_versions: versions.first().copied().zip(versions.last().copied()),
+                    devices,
+                    scope,
+                })
+            })
+            .collect()
     }
 
     /// Stores the entries of one request from `device` into `scope`: entries at or below the

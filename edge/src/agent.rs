@@ -11,7 +11,7 @@ use cema_proto::v1;
 use prost::Message;
 use tokio::sync::{Notify, watch};
 
-use crate::link::{CloudLink, LinkState, Pending};
+use crate::link::{AckedBatches, CloudLink, LinkState, Pending, PendingUpdate};
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Outbox, OutboxError, OutboxLimits};
 use crate::runtime::{Runtime, RuntimeError};
@@ -89,6 +89,7 @@ pub struct Agent {
     config: AgentConfig,
     batch_index: u64,
     pending: Pending,
+    acked_batches: AckedBatches,
     link: watch::Receiver<LinkState>,
     outbox_changed: Arc<Notify>,
     metrics: Arc<EdgeMetrics>,
@@ -132,6 +133,7 @@ impl Agent {
             config,
             batch_index,
             pending: Arc::new(Mutex::new(None)),
+            acked_batches: AckedBatches::default(),
             link,
             outbox_changed: Arc::new(Notify::new()),
             metrics,
@@ -151,6 +153,7 @@ impl Agent {
                 outbox_changed: Arc::clone(&self.outbox_changed),
                 preparer: self.runtime.preparer(),
                 pending: Arc::clone(&self.pending),
+                acked_batches: Arc::clone(&self.acked_batches),
                 applied: Arc::clone(&self.applied),
                 metrics: Arc::clone(&self.metrics),
             },
@@ -187,16 +190,23 @@ impl Agent {
     /// Swaps in a prepared update, if one is waiting, and records it durably.
     pub fn apply_pending(&mut self) -> Result<bool, AgentError> {
         let next = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some((prepared, wire, prepared_at)) = next else { return Ok(false) };
-        if prepared.version() <= self.runtime.version() && self.runtime.version() != 0 {
+        let Some(PendingUpdate { session, wire, arrived, through_batch }) = next else { return Ok(false) };
+        if session.version() <= self.runtime.version() && self.runtime.version() != 0 {
             return Ok(false);
         }
         self.outbox.meta().insert(APPLIED_KEY, wire.encode_to_vec()).map_err(|e| AgentError::State(e.to_string()))?;
-        self.runtime.swap(prepared);
+        self.runtime.swap(session);
+        let now = Instant::now();
+        let mut acked = self.acked_batches.lock().unwrap_or_else(|e| e.into_inner());
+        let later = acked.split_off(&(through_batch + 1));
+        for acked_at in std::mem::replace(&mut *acked, later).into_values() {
+            self.metrics.record_update_latency(now.saturating_duration_since(acked_at));
+        }
+        drop(acked);
         self.applied.store(self.runtime.version(), Ordering::Release);
         self.metrics.params_version.store(self.runtime.version(), Ordering::Relaxed);
         self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
-        self.metrics.last_update_ms.store(prepared_at.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.metrics.last_update_ms.store(arrived.elapsed().as_micros() as u64, Ordering::Relaxed);
         Ok(true)
     }
 

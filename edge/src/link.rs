@@ -25,7 +25,23 @@ use crate::runtime::{PreparedSession, Preparer};
 
 /// A prepared update waiting for the agent: the session, its wire parameters (persisted when
 /// applied), and when it arrived.
-pub type Pending = Arc<Mutex<Option<(PreparedSession, v1::NormParams, Instant)>>>;
+pub type Pending = Arc<Mutex<Option<PendingUpdate>>>;
+
+/// A validated update waiting for the next batch boundary.
+pub struct PendingUpdate {
+    /// The session with the new parameters.
+    pub session: PreparedSession,
+    /// The parameters as received (persisted when applied).
+    pub wire: v1::NormParams,
+    /// When it arrived.
+    pub arrived: Instant,
+    /// Highest batch of this device the parameters account for.
+    pub through_batch: u64,
+}
+
+/// When the cloud acknowledged each batch's uploads (its batch end), until an update that
+/// accounts for the batch is applied.
+pub type AckedBatches = Arc<Mutex<std::collections::BTreeMap<u64, Instant>>>;
 
 /// Requests in flight on the upload stream before waiting for acknowledgements.
 const MAX_IN_FLIGHT: usize = 8;
@@ -80,6 +96,7 @@ pub(crate) struct Shared {
     pub(crate) outbox_changed: Arc<Notify>,
     pub(crate) preparer: Preparer,
     pub(crate) pending: Pending,
+    pub(crate) acked_batches: AckedBatches,
     pub(crate) applied: Arc<AtomicU64>,
     pub(crate) metrics: Arc<EdgeMetrics>,
 }
@@ -127,10 +144,20 @@ fn classify(status: Status) -> Failure {
     }
 }
 
+/// HTTP/2 ping period on the cloud connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A ping unanswered for this long ends the connection.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn connect(link: &CloudLink) -> Result<Client, Failure> {
     let endpoint = Endpoint::from_shared(link.endpoint.clone())
         .map_err(|e| Failure::Fatal(format!("bad cloud endpoint `{}`: {e}", link.endpoint)))?
         .connect_timeout(Duration::from_secs(5))
+        // A cut link (cable pulled, network detached) sends no reset: only pings notice it,
+        // and the streams then fail and reconnect instead of waiting on TCP for many minutes.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     let channel = endpoint.connect().await.map_err(|e| Failure::Retry(format!("connecting: {e}")))?;
     let token = MetadataValue::try_from(bearer(&link.token))
@@ -276,6 +303,8 @@ async fn upload_session(
     let mut acks = client.upload(ReceiverStream::new(rx)).await.map_err(classify)?.into_inner();
     let mut sent_through = 0u64;
     let mut in_flight = 0usize;
+    // Batch-end seqs sent on this stream, to time their acknowledgement.
+    let mut marker_batches: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut next_send = Instant::now();
     loop {
         // Send what the outbox holds beyond what this stream already carries.
@@ -284,6 +313,7 @@ async fn upload_session(
             let Some(last) = entries.last() else { break };
             sent_through = last.seq();
             let request = request_of(&shared.device_id, entries);
+            marker_batches.extend(request.batch_ends.iter().map(|end| (end.seq, end.batch)));
             let samples = request.samples.len();
             let bytes = request.encoded_len();
             if let Some(rate) = link.max_samples_per_s.filter(|r| *r > 0.0) {
@@ -301,6 +331,12 @@ async fn upload_session(
                 Ok(Some(ack)) => {
                     in_flight = in_flight.saturating_sub(1);
                     shared.outbox.remove(&ack.seqs).map_err(|e| Failure::Retry(e.to_string()))?;
+                    let now = Instant::now();
+                    let mut acked = shared.acked_batches.lock().unwrap_or_else(|e| e.into_inner());
+                    for batch in ack.seqs.iter().filter_map(|seq| marker_batches.remove(seq)) {
+                        acked.entry(batch).or_insert(now);
+                    }
+                    drop(acked);
                     shared.metrics.acked.fetch_add(ack.seqs.len() as u64, Ordering::Relaxed);
                 }
                 Ok(None) => return Err(Failure::Retry("the cloud ended the upload stream".to_owned())),
@@ -345,7 +381,8 @@ async fn watch_session(
     state: Arc<watch::Sender<LinkState>>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Failure> {
-    let pending_version = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.0.version());
+    let pending_version =
+        shared.pending.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.session.version());
     let since = shared.applied.load(Ordering::Acquire).max(pending_version.unwrap_or(0));
     let mut updates = client
         .watch_params(WatchParamsRequest { device_id: shared.device_id.clone(), since_version: since })
@@ -373,7 +410,8 @@ async fn watch_session(
             };
             match prepared {
                 Ok(session) => {
-                    *shared.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some((session, wire, arrived));
+                    *shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(PendingUpdate { session, wire, arrived, through_batch: update.through_batch });
                     shared.metrics.prepare_us.store(arrived.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
                 Err(reason) => {

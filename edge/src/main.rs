@@ -498,12 +498,19 @@ fn run(args: RunArgs) -> Result<()> {
     db.flush()?;
     let accuracy = if labelled > 0 { format!("{:.4}", correct as f64 / labelled as f64) } else { "n/a".into() };
     let metrics = agent.metrics();
+    let latency_ms = |q: f64| {
+        metrics.update_latency_quantile(q).map_or_else(|| "n/a".to_owned(), |d| format!("{:.0}", d.as_secs_f64() * 1e3))
+    };
     eprintln!(
-        "cema-edge: device={device_id} served={served} uploaded={uploaded} uploaded_fraction={:.4} accuracy={accuracy} params_version={} updates_applied={} upload_bytes={} seconds={:.1}",
+        "cema-edge: device={device_id} served={served} uploaded={uploaded} uploaded_fraction={:.4} accuracy={accuracy} params_version={} updates_applied={} upload_bytes={} batches={} outbox_left={} update_latency_p50_ms={} update_latency_p99_ms={} seconds={:.1}",
         uploaded as f64 / served.max(1) as f64,
         agent.version(),
         metrics.swaps.load(Ordering::Relaxed),
         metrics.bytes_sent.load(Ordering::Relaxed),
+        agent.batches(),
+        agent.outbox().usage().0,
+        latency_ms(0.5),
+        latency_ms(0.99),
         started.elapsed().as_secs_f64()
     );
     Ok(())

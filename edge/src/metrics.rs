@@ -1,6 +1,8 @@
 //! The agent's metrics, rendered at `/metrics`.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::admin::metric;
 
@@ -35,6 +37,34 @@ pub struct EdgeMetrics {
     pub select_us: AtomicU64,
     /// Reconnect attempts.
     pub reconnects: AtomicU64,
+    /// Update latency: from the cloud acknowledging a batch's uploads to the swap of the first
+    /// parameters that account for that batch (the last [`LATENCY_WINDOW`] batches).
+    pub update_latency: Mutex<Vec<Duration>>,
+}
+
+/// Batches whose update latency is kept for the quantiles.
+pub const LATENCY_WINDOW: usize = 4096;
+
+impl EdgeMetrics {
+    /// Records one batch's update latency.
+    pub fn record_update_latency(&self, latency: Duration) {
+        let mut window = self.update_latency.lock().unwrap_or_else(|e| e.into_inner());
+        if window.len() == LATENCY_WINDOW {
+            window.remove(0);
+        }
+        window.push(latency);
+    }
+
+    /// The `q` quantile (nearest rank) of the recorded update latencies, if any.
+    pub fn update_latency_quantile(&self, q: f64) -> Option<Duration> {
+        let mut sorted = self.update_latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let rank = ((q.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        Some(sorted[rank - 1])
+    }
 }
 
 impl EdgeMetrics {
@@ -67,6 +97,43 @@ impl EdgeMetrics {
         ] {
             metric(&mut out, name, kind, help, value);
         }
+        use std::fmt::Write;
+        let name = "cema_edge_update_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Upload acknowledged to the swap of parameters that account for it.\n# TYPE {name} summary"
+        );
+        for q in [0.5, 0.99] {
+            if let Some(latency) = self.update_latency_quantile(q) {
+                let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {}", latency.as_secs_f64());
+            }
+        }
+        let count = self.update_latency.lock().unwrap_or_else(|e| e.into_inner()).len();
+        let _ = writeln!(out, "{name}_count {count}");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_latency_quantiles_are_nearest_rank_over_a_bounded_window() {
+        let metrics = EdgeMetrics::default();
+        assert_eq!(metrics.update_latency_quantile(0.5), None);
+        for ms in (1..=100).rev() {
+            metrics.record_update_latency(Duration::from_millis(ms));
+        }
+        assert_eq!(metrics.update_latency_quantile(0.5), Some(Duration::from_millis(50)));
+        assert_eq!(metrics.update_latency_quantile(0.99), Some(Duration::from_millis(99)));
+        assert_eq!(metrics.update_latency_quantile(1.0), Some(Duration::from_millis(100)));
+        for _ in 0..LATENCY_WINDOW {
+            metrics.record_update_latency(Duration::from_millis(7));
+        }
+        assert_eq!(metrics.update_latency_quantile(1.0), Some(Duration::from_millis(7)), "old values leave the window");
+        let text = metrics.render(0, 0);
+        assert!(text.contains("cema_edge_update_latency_seconds{quantile=\"0.5\"} 0.007"), "{text}");
+        assert!(text.contains(&format!("cema_edge_update_latency_seconds_count {LATENCY_WINDOW}")), "{text}");
     }
 }

@@ -99,6 +99,15 @@ async fn two_edges_adapt_to_noise_with_their_own_scopes() {
         assert!(tally.accuracy() > none + 0.02, "{}: CEMA {} vs none {none}", spec.device, tally.accuracy());
         assert!(tally.uploaded > 0 && tally.uploaded < tally.n, "uploads are a strict fraction: {tally:?}");
         assert!(records.iter().any(|r| r.params_version > 0), "updates were applied");
+
+        // Update latency (upload acknowledged → parameters applied) is measured on the edge.
+        let log = std::fs::read_to_string(spec.data_dir.with_extension("log")).unwrap();
+        let summary = fleet::summary_line(&log, "cema-edge: device=").expect("the agent's closing line");
+        let ms = |k: &str| summary[k].parse::<f64>().unwrap_or_else(|_| panic!("{k} = {}", summary[k]));
+        let (p50, p99) = (ms("update_latency_p50_ms"), ms("update_latency_p99_ms"));
+        assert!(p50 > 0.0 && p50 <= p99, "latency p50 {p50} ms, p99 {p99} ms");
+        assert_eq!(summary["outbox_left"], "0", "lockstep drains the outbox");
+        assert_eq!(summary["batches"], (SAMPLES / 64).to_string());
     }
 
     // Each device's watch stream carries its own scope only.
