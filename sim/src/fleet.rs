@@ -65,6 +65,18 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.parse().ok()))
 }
 
+/// The `key=value` pairs of the last line holding `marker`, from the marker on (the closing
+/// line of `cema-edge run`, or of a benchmark).
+pub fn summary_line(text: &str, marker: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let line = text.lines().rev().find_map(|l| l.find(marker).map(|at| &l[at..]))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
 /// A running cloud.
 pub struct CloudProcess {
     child: Child,

@@ -33,6 +33,12 @@ enum Command {
     /// Methods compared on the same streams and seeds: none, bn-stats, upload-all,
     /// eata-select, cema-reference, cema-paper. Ends with `cema_minus_none=… cema_uploaded=…`.
     Eval(EvalArgs),
+    /// The system's figures: edge throughput vs raw ONNX Runtime and selection overhead
+    /// (`cema-edge bench`), then `cema-reference` and `upload-all` on the same continual stream
+    /// through a real cloud in lockstep: bytes per uploaded sample, update latency (upload
+    /// acknowledged → parameters applied on the edge) p50/p99, cloud step time, and accuracy
+    /// gained per uploaded megabyte against upload-all. Ends with one `key=value` line.
+    Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -55,7 +61,17 @@ struct Common {
     /// Images per edge batch.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Selector overrides of the CEMA edges (cema-reference, cema-paper and the demo's),
+    /// `key=value` joined by `+`: e-max-frac, e-min-frac, d-margin, lambda, warmup-samples.
+    /// The default was chosen on a held-apart validation stream (seed 1, see README); `''`
+    /// runs cema-spec's values.
+    #[arg(long, default_value = VALIDATED_SELECTOR)]
+    selector: String,
 }
+
+/// The selector setting chosen on the validation stream (`cema-sim eval --seed 1`, both
+/// protocols): the largest redundancy margin whose independent-protocol uploads stay ≤ 50%.
+const VALIDATED_SELECTOR: &str = "d-margin=scaled:0.035";
 
 #[derive(clap::Args)]
 struct DemoArgs {
@@ -90,11 +106,24 @@ struct EvalArgs {
     parallel: usize,
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Corruptions of the stream, comma-separated.
+    #[arg(long, default_value = "gaussian_noise,defocus_blur,snow,contrast,jpeg_compression")]
+    corruptions: String,
+    /// Batches timed by `cema-edge bench`.
+    #[arg(long, default_value_t = 100)]
+    edge_batches: usize,
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo(args),
         Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args),
     };
     if let Err(e) = result {
         eprintln!("cema-sim: error: {e:#}");
@@ -243,6 +272,7 @@ fn demo(args: DemoArgs) -> Result<()> {
             let token = fleet::add_device(&bins, &data, &device, "cema")?;
             let mut extra = scenario_args(c, "continual", group, i as u64);
             extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), pacing.clone()]);
+            extra.extend(selector_flags(&c.selector)?);
             specs.push(EdgeSpec {
                 device: device.clone(),
                 token,
@@ -313,7 +343,7 @@ fn demo(args: DemoArgs) -> Result<()> {
 
     let plots = write_plots(&dir, &streams)?;
     let summary = format!(
-        "# CEMA demo\n\n{} edges, continual Fashion-MNIST streams at severity {}, {} samples per corruption, batch {}, seed {}.\n\
+        "# CEMA demo\n\n{} edges, continual Fashion-MNIST streams at severity {}, {} samples per corruption, batch {}, seed {}, selector overrides `{}`.\n\
          Accuracy (%) of the predictions served, before each update (lockstep: batch t+1 uses every update caused by batches ≤ t;\n\
          real time: each edge streams at {} images/s and uses whatever has arrived).\n\n{table}\n\
          ![accuracy](accuracy.png)\n\n![uploads](uploads.png)\n\nWall time: {:.0} s.\n",
@@ -322,13 +352,14 @@ fn demo(args: DemoArgs) -> Result<()> {
         c.samples_per_corruption.unwrap_or(320),
         c.batch,
         c.seed,
+        c.selector,
         args.fps,
         started.elapsed().as_secs_f64()
     );
     std::fs::write(dir.join("summary.md"), &summary)?;
     let results_json = json!({
         "kind": "demo",
-        "config": {"edges": edges, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320),
+        "config": {"edges": edges, "selector": c.selector, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320),
                    "batch": c.batch, "seed": c.seed, "fps": args.fps, "protocol": "continual",
                    "models": c.models.display().to_string(), "corruptions": groups.iter().map(|g| names(g)).collect::<Vec<_>>()},
         "per_corruption": per_corruption,
@@ -392,17 +423,48 @@ fn write_plots(dir: &Path, streams: &[Vec<(String, Vec<Record>)>]) -> Result<Str
     Ok("accuracy.png, uploads.png".to_owned())
 }
 
-/// Edge flags and cloud model of a method.
-fn method_setup(method: &str) -> Result<(Vec<String>, &'static str)> {
+/// Edge flags and cloud model of a method. The CEMA methods take `selector` (see
+/// [`Common::selector`]), then any overrides after `@` in the method's name, joined by `+`:
+/// `cema-reference@e-max-frac=0.3+d-margin=scaled:0.04` (what a validation sweep compares).
+fn method_setup(method: &str, selector: &str) -> Result<(Vec<String>, &'static str)> {
+    let (base, own) = method.split_once('@').unwrap_or((method, ""));
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    Ok(match method {
+    let (mut flags, model) = match base {
         "bn-stats" => (s(&["--preset", "upload-all"]), "bnstats"),
         "upload-all" => (s(&["--preset", "upload-all"]), "cema"),
         "eata-select" => (s(&["--preset", "eata-select", "--d-margin", "raw:0.05"]), "cema"),
         "cema-reference" => (s(&["--preset", "reference"]), "cema"),
         "cema-paper" => (s(&["--preset", "paper"]), "cema"),
-        other => bail!("unknown method `{other}`"),
-    })
+        other => {
+            bail!("unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference or cema-paper")
+        }
+    };
+    let inherited = if base.starts_with("cema-") { selector } else { "" };
+    flags.extend(selector_flags(inherited).with_context(|| format!("--selector `{selector}`"))?);
+    flags.extend(selector_flags(own).with_context(|| format!("method `{method}`"))?);
+    Ok((flags, model))
+}
+
+/// `cema-edge` flags of selector overrides `key=value+key=value` (later ones win).
+fn selector_flags(overrides: &str) -> Result<Vec<String>> {
+    let mut flags = Vec::new();
+    for pair in overrides.split('+').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("override `{pair}` is not key=value");
+        };
+        if !["e-max-frac", "e-min-frac", "d-margin", "lambda", "warmup-samples"].contains(&key) {
+            bail!("unknown override `{key}` (e-max-frac, e-min-frac, d-margin, lambda, warmup-samples)");
+        }
+        flags.extend([format!("--{key}"), value.to_owned()]);
+    }
+    Ok(flags)
+}
+
+/// A device id for stream `index` of a method: ids allow only letters, digits, `_` and `-`.
+fn stream_device_id(method: &str, index: usize, suffix: &str) -> String {
+    let clean: String = method.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let short: String = clean.chars().take(32).collect();
+    format!("{short}-{index}-{suffix}")
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -425,7 +487,10 @@ fn eval(args: EvalArgs) -> Result<()> {
     println!("run folder: {}", dir.display());
     // (method, protocol, device-index, corruptions of that stream, device id)
     let mut streams: Vec<(String, String, usize, Vec<Corruption>, String)> = Vec::new();
-    for method in &methods {
+    for (m, method) in methods.iter().enumerate() {
+        if method != "none" {
+            method_setup(method, &c.selector)?;
+        }
         for protocol in &protocols {
             if protocol == "independent" {
                 for (k, corruption) in corruptions.iter().enumerate() {
@@ -434,11 +499,17 @@ fn eval(args: EvalArgs) -> Result<()> {
                         protocol.clone(),
                         k,
                         vec![*corruption],
-                        format!("{method}-ind-{}", corruption.name()),
+                        stream_device_id(method, m, &format!("ind-{}", corruption.name())),
                     ));
                 }
             } else {
-                streams.push((method.clone(), protocol.clone(), 0, corruptions.clone(), format!("{method}-cont")));
+                streams.push((
+                    method.clone(),
+                    protocol.clone(),
+                    0,
+                    corruptions.clone(),
+                    stream_device_id(method, m, "cont"),
+                ));
             }
         }
     }
@@ -454,7 +525,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             records[i] = Some(offline(&student, &test, c, proto, group, *device as u64)?);
             continue;
         }
-        let (flags, model) = method_setup(method)?;
+        let (flags, model) = method_setup(method, &c.selector)?;
         let token = fleet::add_device(&bins, &data, id, model)?;
         let mut extra = scenario_args(c, protocol, group, *device as u64);
         extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), "lockstep".into()]);
@@ -521,17 +592,18 @@ fn eval(args: EvalArgs) -> Result<()> {
         "# CEMA evaluation\n\nFashion-MNIST test streams, severity {}, {} samples per corruption, batch {}, seed {}, lockstep pacing.\n\
          Methods: none (edge model as shipped), bn-stats (cloud updates running statistics only, from all samples),\n\
          upload-all (CEMA's cloud on every sample), eata-select (EATA's selection with its published margin 0.05),\n\
-         cema-reference and cema-paper (cema-spec presets).\n{table}\nWall time: {:.0} s.\n",
+         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{table}\nWall time: {:.0} s.\n",
         c.severity,
         c.samples_per_corruption.unwrap_or(320),
         c.batch,
         c.seed,
+        c.selector,
         started.elapsed().as_secs_f64()
     );
     std::fs::write(dir.join("summary.md"), &summary)?;
     let results = json!({
         "kind": "eval",
-        "config": {"severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320), "batch": c.batch,
+        "config": {"selector": c.selector, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320), "batch": c.batch,
                    "seed": c.seed, "methods": methods, "protocols": protocols, "pacing": "lockstep",
                    "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(), "models": c.models.display().to_string()},
         "results": rows,
@@ -569,4 +641,142 @@ fn eval(args: EvalArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let c = &args.common;
+    let bins = Binaries::locate()?;
+    let (student, foundation) = model_paths(&c.models)?;
+    let dir = run_dir(&c.runs, "bench")?;
+    println!("run folder: {}", dir.display());
+    let corruptions: Vec<Corruption> =
+        args.corruptions.split(',').map(|s| s.trim().parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+
+    eprintln!("edge: cema-edge bench --batch {} --batches {}", c.batch, args.edge_batches);
+    let output = std::process::Command::new(&bins.edge)
+        .args(["bench", "--model"])
+        .arg(&student)
+        .args(["--batch", &c.batch.to_string(), "--batches", &args.edge_batches.to_string()])
+        .output()
+        .context("running cema-edge bench")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("cema-edge bench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+    }
+    let edge = fleet::summary_line(&text, "agent_vs_raw=").context("cema-edge bench printed no agent_vs_raw line")?;
+    let edge_value = |k: &str| edge.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+
+    let test = test_set()?;
+    let none = offline(&student, &test, c, Protocol::Continual, &corruptions, 0)?;
+    let none_accuracy = accuracy(&none);
+    let data = dir.join("cloud");
+    std::fs::create_dir_all(&data)?;
+    let methods = ["cema-reference", "upload-all"];
+    let mut specs = Vec::new();
+    for (m, method) in methods.iter().enumerate() {
+        let (flags, model) = method_setup(method, &c.selector)?;
+        let id = stream_device_id(method, m, "bench");
+        let token = fleet::add_device(&bins, &data, &id, model)?;
+        let mut extra = scenario_args(c, "continual", &corruptions, 0);
+        extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), "lockstep".into()]);
+        extra.extend(flags);
+        let output = data.join(format!("{id}.jsonl"));
+        specs.push(EdgeSpec { device: id.clone(), token, data_dir: data.join(&id), output, args: extra });
+    }
+    let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
+    eprintln!("cloud {}: {} and {} in turn, lockstep", cloud.grpc, methods[0], methods[1]);
+    // One edge at a time, so that step times and latencies are not shared between streams.
+    fleet::run_edges(&bins, &cloud, &specs, 1)?;
+    let cloud_metrics = cloud.metrics()?;
+    cloud.stop()?;
+    let step_count = fleet::metric(&cloud_metrics, "cema_cloud_step_seconds_count").unwrap_or(0.0);
+    let step_seconds = fleet::metric(&cloud_metrics, "cema_cloud_step_seconds_sum").unwrap_or(f64::NAN) / step_count;
+
+    let mut rows = Vec::new();
+    for spec in &specs {
+        let log = std::fs::read_to_string(spec.data_dir.with_extension("log")).unwrap_or_default();
+        let summary = fleet::summary_line(&log, "cema-edge: device=")
+            .with_context(|| format!("edge {} printed no summary", spec.device))?;
+        let get = |k: &str| summary.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        let records = report::read(&spec.output)?;
+        let acc = accuracy(&records);
+        let bytes = get("upload_bytes");
+        rows.push(json!({
+            "device": spec.device, "accuracy": acc, "uploaded": get("uploaded"), "served": get("served"),
+            "upload_bytes": bytes, "bytes_per_uploaded_sample": bytes / get("uploaded"),
+            "update_latency_p50_ms": get("update_latency_p50_ms"), "update_latency_p99_ms": get("update_latency_p99_ms"),
+            "points_per_mb": 100.0 * (acc - none_accuracy) / (bytes / 1e6),
+        }));
+    }
+    let field = |i: usize, k: &str| rows[i][k].as_f64().unwrap_or(f64::NAN);
+    let mut table = format!(
+        "| method | accuracy % | uploaded | upload MB | bytes/sample | update latency p50 / p99 ms | points gained per MB |\n|---|---|---|---|---|---|---|\n\
+         | none | {} | 0 | 0 | – | – | – |\n",
+        pct(none_accuracy)
+    );
+    for (i, method) in methods.iter().enumerate() {
+        table.push_str(&format!(
+            "| {method} | {} | {:.0} | {:.2} | {:.0} | {:.0} / {:.0} | {:.2} |\n",
+            pct(field(i, "accuracy")),
+            field(i, "uploaded"),
+            field(i, "upload_bytes") / 1e6,
+            field(i, "bytes_per_uploaded_sample"),
+            field(i, "update_latency_p50_ms"),
+            field(i, "update_latency_p99_ms"),
+            field(i, "points_per_mb"),
+        ));
+    }
+    let summary = format!(
+        "# CEMA benchmark\n\nEdge (`cema-edge bench`, batch {}): agent throughput / raw ONNX Runtime = {:.3}, selection \
+         overhead = {:.5} of inference time, parameter swap {:.1} ms.\n\nContinual stream ({}; severity {}, {} samples each, \
+         seed {}), lockstep, one edge at a time; cloud step (foundation step + distillation) mean {:.3} s over {} steps.\n\n\
+         {table}\nWall time: {:.0} s.\n",
+        c.batch,
+        edge_value("agent_vs_raw"),
+        edge_value("select_overhead"),
+        edge_value("swap_ms"),
+        args.corruptions,
+        c.severity,
+        c.samples_per_corruption.unwrap_or(320),
+        c.seed,
+        step_seconds,
+        step_count,
+        started.elapsed().as_secs_f64()
+    );
+    print!("{summary}");
+    std::fs::write(dir.join("summary.md"), &summary)?;
+    let results = json!({
+        "kind": "bench",
+        "config": {"selector": c.selector, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320), "batch": c.batch,
+                   "seed": c.seed, "corruptions": args.corruptions, "pacing": "lockstep", "edge_batches": args.edge_batches,
+                   "models": c.models.display().to_string()},
+        "edge": edge, "none_accuracy": none_accuracy, "cloud_step_seconds": step_seconds, "cloud_steps": step_count,
+        "methods": rows,
+    });
+    std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
+    println!("wrote {}/summary.md, results.json", dir.display());
+    println!(
+        "edge_vs_raw={:.3} select_overhead={:.5} bytes_per_uploaded_sample={:.0} update_latency_p50_ms={:.0} \
+         update_latency_p99_ms={:.0} cloud_step_seconds={:.3} points_per_mb_cema={:.2} points_per_mb_upload_all={:.2} \
+         per_byte_vs_upload_all={:.2}",
+        edge_value("agent_vs_raw"),
+        edge_value("select_overhead"),
+        field(0, "bytes_per_uploaded_sample"),
+        field(0, "update_latency_p50_ms"),
+        field(0, "update_latency_p99_ms"),
+        step_seconds,
+        field(0, "points_per_mb"),
+        field(1, "points_per_mb"),
+        field(0, "points_per_mb") / field(1, "points_per_mb"),
+    );
+    Ok(())
+}
+
+fn accuracy(records: &[Record]) -> f64 {
+    let mut tally = Tally::default();
+    for r in records {
+        tally.add(r.correct(), r.uploaded);
+    }
+    tally.accuracy()
 }
