@@ -1,5 +1,5 @@
 # CEMA: cloud–edge model adaptation. `make help` lists the targets.
-.PHONY: help setup demo eval test lint fmt
+.PHONY: help setup demo eval bench test lint fmt
 
 CARGO ?= cargo
 
@@ -13,9 +13,13 @@ demo: setup ## the main job: a real cloud and 3 edge agents on the built-in mode
 	$(CARGO) build --release --locked --bins
 	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim demo
 
-eval: setup ## methods compared on severity-5 streams (runs/eval-*/; about 30 minutes)
+eval: setup ## methods compared on severity-5 streams (runs/eval-*/; about 7 minutes)
 	$(CARGO) build --release --locked --bins
 	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim eval
+
+bench: setup ## the system's figures: edge overhead, update latency, step time, accuracy per byte
+	$(CARGO) build --release --locked --bins
+	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim bench
 
 test: setup ## setup, then every test of the workspace
 	$(CARGO) test --workspace --locked
