@@ -133,6 +133,10 @@ struct RunArgs {
     /// Redundancy margin: `scaled:<m>` (m·√(1000/C), default scaled:0.05), `raw:<m>` or `off`.
     #[arg(long, env = "CEMA_EDGE_D_MARGIN")]
     d_margin: Option<String>,
+    /// Keep only this share of what the selection keeps, chosen at random (with
+    /// `--preset upload-all`: a random subsample baseline). Default: keep all.
+    #[arg(long, env = "CEMA_EDGE_RANDOM_FRACTION")]
+    random_fraction: Option<f64>,
     /// `free` (use what has arrived), `lockstep` (wait for the cloud after each batch) or
     /// `realtime:<images per second>`. Default free.
     #[arg(long, env = "CEMA_EDGE_PACING")]
@@ -210,6 +214,7 @@ fn merge(mut args: RunArgs) -> Result<RunArgs> {
         warmup_samples,
         lambda,
         d_margin,
+        random_fraction,
         pacing,
         compress,
         max_samples_per_s,
@@ -336,6 +341,12 @@ fn selector_config(args: &RunArgs) -> Result<cema_edge::SelectorConfig> {
     }
     if let Some(v) = args.lambda {
         config.lambda = v;
+    }
+    if let Some(fraction) = args.random_fraction {
+        if !(0.0..=1.0).contains(&fraction) {
+            bail!("random_fraction {fraction}: use a share between 0 and 1");
+        }
+        config.random_fraction = Some(fraction);
     }
     if let Some(margin) = &args.d_margin {
         use cema_edge::selector::Redundancy;

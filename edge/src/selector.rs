@@ -34,6 +34,12 @@ pub struct SelectorConfig {
     pub e_min_frac: Option<f64>,
     /// Redundancy filter.
     pub redundancy: Redundancy,
+    /// After the bounds and the filter, keep each remaining sample with this probability
+    /// (decided by a hash of its position in the stream, so a restart decides the same way).
+    /// With upload-all's settings: a uniform random subsample, the baseline a selection rule
+    /// must beat at the same upload budget. `None`: keep them all.
+    #[serde(default)]
+    pub random_fraction: Option<f64>,
 }
 
 /// Named settings.
@@ -61,6 +67,7 @@ impl Preset {
             lambda: 1.0,
             e_min_frac: None,
             redundancy: Redundancy::Scaled(REFERENCE_D_MARGIN),
+            random_fraction: None,
         };
         match self {
             Preset::Reference | Preset::EataSelect => base,
@@ -132,6 +139,7 @@ impl Selector {
         let n = entropy.len();
         let c = self.classes;
         debug_assert_eq!(probs.len(), n * c);
+        let first_position = self.state.seen;
         // Dynamic bound: the cumulative mean includes this batch, before any filtering.
         self.state.seen += n as u64;
         self.state.entropy_sum += entropy.iter().map(|&h| h as f64).sum::<f64>();
@@ -176,8 +184,21 @@ impl Selector {
                 }
             }
         }
+        if let Some(fraction) = self.config.random_fraction {
+            for (i, keep) in keep.iter_mut().enumerate() {
+                *keep &= unit_interval(first_position + i as u64) < fraction;
+            }
+        }
         Selection { keep, upper, lower }
     }
+}
+
+/// A uniform number in [0, 1) from a stream position (SplitMix64).
+fn unit_interval(position: u64) -> f64 {
+    let mut z = position.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as f64 / (u64::MAX as f64 + 1.0)
 }
 
 fn mean_rows<'a>(rows: &[usize], row: impl Fn(usize) -> &'a [f32], c: usize) -> Vec<f64> {
@@ -227,6 +248,23 @@ mod tests {
         let s = Selector::new(Preset::Reference.config(), 1000, SelectorState::default());
         assert!((s.e_max() - 2.763102).abs() < 1e-6);
         assert!((s.d_margin().unwrap() - 0.05).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_random_fraction_keeps_that_share_and_decides_the_same_after_a_restart() {
+        let config = SelectorConfig { random_fraction: Some(0.3), ..Preset::UploadAll.config() };
+        let probs: Vec<f32> = (0..1000).flat_map(|i| peaked(i % C, 0.5)).collect();
+        let entropy = vec![1.0f32; 1000];
+        let mut whole = Selector::new(config.clone(), C, SelectorState::default());
+        let kept = whole.select(&entropy, &probs).keep;
+        let share = kept.iter().filter(|k| **k).count() as f64 / 1000.0;
+        assert!((share - 0.3).abs() < 0.05, "kept {share}");
+        // The same stream in two batches, the second after a restart from the saved state.
+        let mut first = Selector::new(config.clone(), C, SelectorState::default());
+        let mut split = first.select(&entropy[..400], &probs[..400 * C]).keep;
+        let mut restarted = Selector::new(config, C, first.state().clone());
+        split.extend(restarted.select(&entropy[400..], &probs[400 * C..]).keep);
+        assert_eq!(split, kept);
     }
 
     #[test]

@@ -92,7 +92,7 @@ struct DemoArgs {
 struct EvalArgs {
     #[command(flatten)]
     common: Common,
-    /// Methods, comma-separated.
+    /// Methods, comma-separated (also available: random-half, a uniform random 50% subsample).
     #[arg(long, default_value = "none,bn-stats,upload-all,eata-select,cema-reference,cema-paper")]
     methods: String,
     /// Protocols, comma-separated: independent, continual.
@@ -435,9 +435,11 @@ fn method_setup(method: &str, selector: &str) -> Result<(Vec<String>, &'static s
         "eata-select" => (s(&["--preset", "eata-select", "--d-margin", "raw:0.05"]), "cema"),
         "cema-reference" => (s(&["--preset", "reference"]), "cema"),
         "cema-paper" => (s(&["--preset", "paper"]), "cema"),
-        other => {
-            bail!("unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference or cema-paper")
-        }
+        // A uniform random half of the samples: what a selection rule must beat at its budget.
+        "random-half" => (s(&["--preset", "upload-all", "--random-fraction", "0.5"]), "cema"),
+        other => bail!(
+            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper or random-half"
+        ),
     };
     let inherited = if base.starts_with("cema-") { selector } else { "" };
     flags.extend(selector_flags(inherited).with_context(|| format!("--selector `{selector}`"))?);
@@ -452,8 +454,10 @@ fn selector_flags(overrides: &str) -> Result<Vec<String>> {
         let Some((key, value)) = pair.split_once('=') else {
             bail!("override `{pair}` is not key=value");
         };
-        if !["e-max-frac", "e-min-frac", "d-margin", "lambda", "warmup-samples"].contains(&key) {
-            bail!("unknown override `{key}` (e-max-frac, e-min-frac, d-margin, lambda, warmup-samples)");
+        if !["e-max-frac", "e-min-frac", "d-margin", "lambda", "warmup-samples", "random-fraction"].contains(&key) {
+            bail!(
+                "unknown override `{key}` (e-max-frac, e-min-frac, d-margin, lambda, warmup-samples, random-fraction)"
+            );
         }
         flags.extend([format!("--{key}"), value.to_owned()]);
     }
