@@ -141,8 +141,10 @@ say "edge-2 and edge-3 finished their streams"
 
 # Every edge: updates received; outbox empty; the cloud holds each selected sample once.
 state=$(scopes)
+declare -A summaries
 for e in edge-1 edge-2 edge-3; do
   line=$(summary_of "$e")
+  summaries[$e]=$line
   [ -n "$line" ] || fail "$e printed no summary"
   say "$line"
   uploaded=$(field "$line" uploaded)
@@ -161,7 +163,7 @@ done
 # Restart: versions, replay buffers and acknowledged seqs survive. First let the cloud finish:
 # every edge's last batch end processed (a remainder under one cloud batch stays queued by
 # design, cema-spec) and nothing changing between two reads.
-expected_batches="$(for e in edge-1 edge-2 edge-3; do printf '%s=%s ' "$e" "$(field "$(summary_of "$e")" batches)"; done)"
+expected_batches="$(for e in edge-1 edge-2 edge-3; do printf '%s=%s ' "$e" "$(field "${summaries[$e]}" batches)"; done)"
 settled() {
   printf '%s' "$1" | python3 -c '
 import json, sys

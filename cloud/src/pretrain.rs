@@ -225,11 +225,9 @@ fn initial_model(model: BuiltIn, path: &Path) -> Result<OnnxModel> {
 /// `, made by `<command>`` from the provenance in the model's manifest, so that a chain of
 /// runs stays reproducible; empty when there is none.
 fn made_by(model_path: &Path) -> String {
-    std::fs::read_to_string(Manifest::path_for(model_path))
+    Manifest::load(Manifest::path_for(model_path))
         .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|table| table.get("provenance")?.get("command")?.as_str().map(str::to_owned))
-        .map(|command| format!(", made by `{command}`"))
+        .and_then(|manifest| manifest.provenance.get("command")?.as_str().map(|c| format!(", made by `{c}`")))
         .unwrap_or_default()
 }
 

@@ -336,6 +336,10 @@ async fn upload_session(
                     for batch in ack.seqs.iter().filter_map(|seq| marker_batches.remove(seq)) {
                         acked.entry(batch).or_insert(now);
                     }
+                    // Bounded even if no update ever arrives to account for these batches.
+                    while acked.len() > crate::metrics::LATENCY_WINDOW {
+                        acked.pop_first();
+                    }
                     drop(acked);
                     shared.metrics.acked.fetch_add(ack.seqs.len() as u64, Ordering::Relaxed);
                 }

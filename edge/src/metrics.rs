@@ -1,5 +1,6 @@
 //! The agent's metrics, rendered at `/metrics`.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,7 +40,7 @@ pub struct EdgeMetrics {
     pub reconnects: AtomicU64,
     /// Update latency: from the cloud acknowledging a batch's uploads to the swap of the first
     /// parameters that account for that batch (the last [`LATENCY_WINDOW`] batches).
-    pub update_latency: Mutex<Vec<Duration>>,
+    pub update_latency: Mutex<VecDeque<Duration>>,
 }
 
 /// Batches whose update latency is kept for the quantiles.
@@ -50,14 +51,15 @@ impl EdgeMetrics {
     pub fn record_update_latency(&self, latency: Duration) {
         let mut window = self.update_latency.lock().unwrap_or_else(|e| e.into_inner());
         if window.len() == LATENCY_WINDOW {
-            window.remove(0);
+            window.pop_front();
         }
-        window.push(latency);
+        window.push_back(latency);
     }
 
     /// The `q` quantile (nearest rank) of the recorded update latencies, if any.
     pub fn update_latency_quantile(&self, q: f64) -> Option<Duration> {
-        let mut sorted = self.update_latency.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut sorted: Vec<Duration> =
+            self.update_latency.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
         if sorted.is_empty() {
             return None;
         }

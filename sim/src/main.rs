@@ -225,6 +225,29 @@ fn offline(
     Ok(records)
 }
 
+/// Registers `id` with the cloud state in `data` for `cloud_model` and describes its agent: the
+/// student, `pacing`, then `args` (scenario and selector flags); state, output and log in `data`.
+fn edge_spec(
+    bins: &Binaries,
+    data: &Path,
+    id: &str,
+    cloud_model: &str,
+    student: &Path,
+    pacing: &str,
+    args: Vec<String>,
+) -> Result<EdgeSpec> {
+    let token = fleet::add_device(bins, data, id, cloud_model)?;
+    let mut all = vec!["--model".into(), student.display().to_string(), "--pacing".into(), pacing.to_owned()];
+    all.extend(args);
+    Ok(EdgeSpec {
+        device: id.to_owned(),
+        token,
+        data_dir: data.join(id),
+        output: data.join(format!("{id}.jsonl")),
+        args: all,
+    })
+}
+
 fn cloud_config(student: &Path, foundation: &Path) -> String {
     format!(
         "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
@@ -268,18 +291,9 @@ fn demo(args: DemoArgs) -> Result<()> {
         std::fs::create_dir_all(&data)?;
         let mut specs = Vec::new();
         for (i, group) in groups.iter().enumerate() {
-            let device = format!("edge-{}", i + 1);
-            let token = fleet::add_device(&bins, &data, &device, "cema")?;
-            let mut extra = scenario_args(c, "continual", group, i as u64);
-            extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), pacing.clone()]);
-            extra.extend(selector_flags(&c.selector)?);
-            specs.push(EdgeSpec {
-                device: device.clone(),
-                token,
-                data_dir: data.join(&device),
-                output: data.join(format!("{device}.jsonl")),
-                args: extra,
-            });
+            let mut args = scenario_args(c, "continual", group, i as u64);
+            args.extend(selector_flags(&c.selector)?);
+            specs.push(edge_spec(&bins, &data, &format!("edge-{}", i + 1), "cema", &student, pacing, args)?);
         }
         let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
         eprintln!("CEMA, {label}: cloud on {}, {} edges streaming", cloud.grpc, specs.len());
@@ -530,13 +544,11 @@ fn eval(args: EvalArgs) -> Result<()> {
             continue;
         }
         let (flags, model) = method_setup(method, &c.selector)?;
-        let token = fleet::add_device(&bins, &data, id, model)?;
-        let mut extra = scenario_args(c, protocol, group, *device as u64);
-        extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), "lockstep".into()]);
-        extra.extend(flags);
-        let output = data.join(format!("{id}.jsonl"));
-        outputs.push((i, output.clone()));
-        specs.push(EdgeSpec { device: id.clone(), token, data_dir: data.join(id), output, args: extra });
+        let mut args = scenario_args(c, protocol, group, *device as u64);
+        args.extend(flags);
+        let spec = edge_spec(&bins, &data, id, model, &student, "lockstep", args)?;
+        outputs.push((i, spec.output.clone()));
+        specs.push(spec);
     }
     if !specs.is_empty() {
         let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
@@ -673,20 +685,16 @@ fn bench(args: BenchArgs) -> Result<()> {
 
     let test = test_set()?;
     let none = offline(&student, &test, c, Protocol::Continual, &corruptions, 0)?;
-    let none_accuracy = accuracy(&none);
+    let none_accuracy = report::by_corruption(&none).1.accuracy();
     let data = dir.join("cloud");
     std::fs::create_dir_all(&data)?;
     let methods = ["cema-reference", "upload-all"];
     let mut specs = Vec::new();
     for (m, method) in methods.iter().enumerate() {
         let (flags, model) = method_setup(method, &c.selector)?;
-        let id = stream_device_id(method, m, "bench");
-        let token = fleet::add_device(&bins, &data, &id, model)?;
-        let mut extra = scenario_args(c, "continual", &corruptions, 0);
-        extra.extend(["--model".into(), student.display().to_string(), "--pacing".into(), "lockstep".into()]);
-        extra.extend(flags);
-        let output = data.join(format!("{id}.jsonl"));
-        specs.push(EdgeSpec { device: id.clone(), token, data_dir: data.join(&id), output, args: extra });
+        let mut args = scenario_args(c, "continual", &corruptions, 0);
+        args.extend(flags);
+        specs.push(edge_spec(&bins, &data, &stream_device_id(method, m, "bench"), model, &student, "lockstep", args)?);
     }
     let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
     eprintln!("cloud {}: {} and {} in turn, lockstep", cloud.grpc, methods[0], methods[1]);
@@ -704,7 +712,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             .with_context(|| format!("edge {} printed no summary", spec.device))?;
         let get = |k: &str| summary.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
         let records = report::read(&spec.output)?;
-        let acc = accuracy(&records);
+        let acc = report::by_corruption(&records).1.accuracy();
         let bytes = get("upload_bytes");
         rows.push(json!({
             "device": spec.device, "accuracy": acc, "uploaded": get("uploaded"), "served": get("served"),
@@ -775,12 +783,4 @@ fn bench(args: BenchArgs) -> Result<()> {
         field(0, "points_per_mb") / field(1, "points_per_mb"),
     );
     Ok(())
-}
-
-fn accuracy(records: &[Record]) -> f64 {
-    let mut tally = Tally::default();
-    for r in records {
-        tally.add(r.correct(), r.uploaded);
-    }
-    tally.accuracy()
 }
