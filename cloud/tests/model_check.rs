@@ -3,13 +3,24 @@
 use cema_cloud::check::{MAX_RELATIVE_ERROR, check_model};
 use cema_core::onnx::generate::ConvBnClassifier;
 
+/// Writes `model` and the manifest of `spec` as `<name>.onnx` and `<name>.toml` in `dir`.
+fn write(
+    dir: &std::path::Path,
+    name: &str,
+    spec: &ConvBnClassifier,
+    model: cema_core::OnnxModel,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, model.encode()).expect("write model");
+    std::fs::write(dir.join(format!("{name}.toml")), spec.manifest_toml()).expect("write manifest");
+    path
+}
+
 #[test]
 fn an_adaptable_model_passes_with_its_figures() {
     let dir = tempfile::tempdir().expect("tempdir");
     let spec = ConvBnClassifier::seeded(3, 10, 16, 5);
-    let path = dir.path().join("classifier.onnx");
-    std::fs::write(&path, spec.model().expect("model").encode()).expect("write model");
-    std::fs::write(dir.path().join("classifier.toml"), spec.manifest_toml()).expect("write manifest");
+    let path = write(dir.path(), "classifier", &spec, spec.model().expect("model"));
 
     let report = check_model(&path, 3).expect("check");
     assert!(report.passed(), "{}", report.text);
@@ -19,6 +30,18 @@ fn an_adaptable_model_passes_with_its_figures() {
     assert!(report.text.contains("agrees with the model"), "{}", report.text);
     let line = report.summary_line();
     assert!(line.starts_with("supported=true bn_layers=1 max_rel_err="), "{line}");
+}
+
+#[test]
+fn a_model_pooling_with_reduce_mean_passes_and_matches_onnx_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = ConvBnClassifier::seeded(3, 10, 16, 6);
+    let path = write(dir.path(), "reduce_mean", &spec, spec.model_with_reduce_mean().expect("model"));
+
+    let report = check_model(&path, 3).expect("check");
+    assert!(report.passed(), "{}", report.text);
+    assert!(report.text.contains("ReduceMean×1"), "{}", report.text);
+    assert!(report.max_rel_err.expect("compared") <= MAX_RELATIVE_ERROR, "{}", report.text);
 }
 
 #[test]

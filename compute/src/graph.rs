@@ -306,6 +306,30 @@ impl Graph {
     }
 }
 
+/// `ReduceMean`/`ReduceSum` over logical `axes` (all when empty), keeping or dropping them.
+fn reduce(v: Value, mean: bool, axes: &[i64], keepdims: bool) -> Result<Value, String> {
+    let mut physical: Vec<usize> = if axes.is_empty() {
+        (MAX_RANK - v.rank..MAX_RANK).collect()
+    } else {
+        axes.iter().map(|&a| v.axis(a)).collect::<Result<_, _>>()?
+    };
+    physical.sort_unstable();
+    physical.dedup();
+    let kept: Vec<usize> = v
+        .dims()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !physical.contains(&(MAX_RANK - v.rank + i)))
+        .map(|(_, &d)| d)
+        .collect();
+    let rank = v.rank;
+    let mut t = v.t;
+    for &axis in &physical {
+        t = if mean { t.mean_dim(axis) } else { t.sum_dim(axis) };
+    }
+    if keepdims { Ok(Value { t, rank }) } else { Value::from_logical(t, &kept) }
+}
+
 fn conv_options(window: &Window, groups: usize) -> ConvOptions<2> {
     ConvOptions::new_with_padding(window.stride, window.padding, window.dilation, groups)
 }
@@ -469,6 +493,7 @@ fn apply(op: &Op, args: Vec<Value>) -> Result<Value, String> {
             Value { t: Tensor::cat(args.into_iter().map(|v| v.t).collect(), physical), rank }
         }
         Op::Identity => one(&args)?,
+        Op::Reduce { mean, axes, keepdims } => reduce(one(&args)?, *mean, axes, *keepdims)?,
         Op::Softmax { axis, legacy } => {
             let v = one(&args)?;
             let physical = v.axis(*axis)?;

@@ -10,7 +10,7 @@ use cema_core::{NormDiscovery, NormLayer, OnnxModel};
 use crate::error::GraphError;
 
 /// Operators the executor implements (default ONNX domain).
-pub const SUPPORTED_OPS: [&str; 24] = [
+pub const SUPPORTED_OPS: [&str; 26] = [
     "Add",
     "AveragePool",
     "BatchNormalization",
@@ -29,6 +29,8 @@ pub const SUPPORTED_OPS: [&str; 24] = [
     "MaxPool",
     "Mul",
     "Pad",
+    "ReduceMean",
+    "ReduceSum",
     "Relu",
     "Reshape",
     "Sigmoid",
@@ -102,6 +104,12 @@ pub(crate) enum Op {
         axis: i64,
     },
     Identity,
+    /// `ReduceMean` (`mean`) or `ReduceSum` over `axes` (every axis when empty).
+    Reduce {
+        mean: bool,
+        axes: Vec<i64>,
+        keepdims: bool,
+    },
     /// `legacy`: opset < 13, where softmax flattens the axes from `axis` on.
     Softmax {
         axis: i64,
@@ -338,7 +346,7 @@ impl Plan {
             let op = parse(node, &name, op_type, opset, &b, &mut norm_index)?;
             // Data inputs: those the operation reads as tensors at run time.
             let data_inputs: Vec<&String> = match op {
-                Op::BatchNorm { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Clip { .. } => {
+                Op::BatchNorm { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Clip { .. } | Op::Reduce { .. } => {
                     node.input.iter().take(1).collect()
                 }
                 _ => node.input.iter().filter(|i| !i.is_empty()).collect(),
@@ -500,6 +508,21 @@ fn parse(
                 return Err(a.refuse(format!("negative pads {pads:?} (cropping) are not supported")));
             }
             Op::Pad { pads, value }
+        }
+        "ReduceMean" | "ReduceSum" => {
+            let a = attrs(&["axes", "keepdims", "noop_with_empty_axes"])?;
+            // `axes` moved from an attribute to an input at opset 18 (ReduceMean) and 13 (ReduceSum).
+            let axes_input = node.input.get(1).map(String::as_str).unwrap_or_default();
+            let axes = match a.ints("axes") {
+                Some(axes) => axes,
+                None if !axes_input.is_empty() => b.const_ints(name, axes_input)?,
+                None => Vec::new(),
+            };
+            if axes.is_empty() && a.int("noop_with_empty_axes", 0) != 0 {
+                Op::Identity
+            } else {
+                Op::Reduce { mean: op_type == "ReduceMean", axes, keepdims: a.int("keepdims", 1) != 0 }
+            }
         }
         "Concat" => Op::Concat { axis: attrs(&["axis"])?.int("axis", 0) },
         "Identity" => {

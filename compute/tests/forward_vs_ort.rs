@@ -277,6 +277,36 @@ fn shape_operators() {
 }
 
 #[test]
+fn reductions() {
+    let reduce = |op: &'static str, opset: i64, axes: &[i64], keepdims: i64, axes_as_input: bool| {
+        let mut g = GraphBuilder::new("reduce", opset);
+        let x = g.input("x", &[Some(2), Some(4), Some(6), Some(6)]);
+        let mut attrs = vec![("keepdims", Attr::Int(keepdims))];
+        let r = if axes_as_input {
+            let axes = g.int64_initializer("axes", axes);
+            g.node(op, &[&x, &axes], &["r"], &attrs)
+        } else {
+            attrs.push(("axes", Attr::Ints(axes.to_vec())));
+            g.node(op, &[&x], &["r"], &attrs)
+        };
+        g.node("Flatten", &[&r], &["logits"], &[]);
+        g.output("logits", &[Some(2), None]);
+        g.build().expect("model")
+    };
+    check(
+        "ReduceMean (2, 3), keepdims 0 (PyTorch mean pooling)",
+        &reduce("ReduceMean", 17, &[2, 3], 0, false),
+        DIMS,
+        1,
+    );
+    check("ReduceMean (2, 3), keepdims 1", &reduce("ReduceMean", 17, &[2, 3], 1, false), DIMS, 2);
+    check("ReduceMean axes input (opset 18)", &reduce("ReduceMean", 18, &[-1, -2], 0, true), DIMS, 3);
+    check("ReduceMean channels", &reduce("ReduceMean", 17, &[1], 1, false), DIMS, 4);
+    check("ReduceSum axes input (opset 13+)", &reduce("ReduceSum", 17, &[2, 3], 0, true), DIMS, 5);
+    check("ReduceSum (1, 3), keepdims 1 (opset 11 attribute)", &reduce("ReduceSum", 11, &[1, 3], 1, false), DIMS, 6);
+}
+
+#[test]
 fn conv_bn_classifier_matches() {
     let spec = ConvBnClassifier::seeded(3, 10, 8, 42);
     check("conv-bn classifier", &spec.model().expect("model"), [4, 3, 8, 8], 9);

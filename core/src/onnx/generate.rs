@@ -83,6 +83,16 @@ impl ConvBnClassifier {
 
     /// The ONNX model (opset 17).
     pub fn model(&self) -> Result<OnnxModel, ModelError> {
+        self.build(false)
+    }
+
+    /// The same model pooling with `ReduceMean(axes=[2, 3], keepdims=0)`, as PyTorch exports
+    /// `x.mean((2, 3))`, instead of GlobalAveragePool + Flatten.
+    pub fn model_with_reduce_mean(&self) -> Result<OnnxModel, ModelError> {
+        self.build(true)
+    }
+
+    fn build(&self, reduce_mean: bool) -> Result<OnnxModel, ModelError> {
         let (c, k, s) = (self.in_channels as i64, self.classes as i64, self.side as i64);
         let mut g = GraphBuilder::new("conv_bn_classifier", 17);
         let x = g.input("input", &[None, Some(c), Some(s), Some(s)]);
@@ -92,8 +102,13 @@ impl ConvBnClassifier {
         let [scale, bias, mean, var] = &self.bn;
         let bn = g.batch_norm(&conv, CONV_BN_PREFIX, [scale, bias, mean, var], self.epsilon);
         let relu = g.node("Relu", &[&bn], &["relu.out"], &[]);
-        let pool = g.node("GlobalAveragePool", &[&relu], &["pool.out"], &[]);
-        g.node("Flatten", &[&pool], &["logits"], &[("axis", Attr::Int(1))]);
+        if reduce_mean {
+            let axes = [("axes", Attr::Ints(vec![2, 3])), ("keepdims", Attr::Int(0))];
+            g.node("ReduceMean", &[&relu], &["logits"], &axes);
+        } else {
+            let pool = g.node("GlobalAveragePool", &[&relu], &["pool.out"], &[]);
+            g.node("Flatten", &[&pool], &["logits"], &[("axis", Attr::Int(1))]);
+        }
         g.output("logits", &[None, Some(k)]);
         g.build()
     }
