@@ -14,16 +14,7 @@ use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values}
 use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
 use serde::Deserialize;
 
-/// How the running statistics start (cema-spec, "Normalisation semantics").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum StatsInit {
-    /// Keep the model's own running statistics.
-    #[default]
-    Source,
-    /// Replace them with the statistics of the first batch each model sees at the cloud.
-    FirstBatch,
-}
+pub use cema_core::StatsInit;
 
 /// What the cloud does with uploads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -145,7 +136,7 @@ pub struct ScopeState {
 }
 
 /// Loss values of one distillation step (before the update).
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct DistillReport {
     /// Samples in the step.
     pub batch: usize,
@@ -157,6 +148,9 @@ pub struct DistillReport {
     pub ce: f32,
     /// `α·Ent + β·KL + γ·CE`.
     pub total: f32,
+    /// Each sample's unweighted `T²·KL(teacher ‖ student)`, in step order (new samples first,
+    /// then replayed ones).
+    pub sample_kl: Vec<f32>,
 }
 
 /// Both models of one model id, loaded once.
@@ -241,17 +235,15 @@ impl Adapter {
         let input = self.input(&self.foundation_manifest, samples)?;
         let graph = &mut self.foundation;
         graph.load_norm_params(&state.foundation).map_err(|e| e.to_string())?;
-        if self.config.stats_init == StatsInit::FirstBatch && !state.foundation_stats_set {
-            set_stats_from(graph, input.clone())?;
-            state.foundation_stats_set = true;
-        }
+        let first = self.config.stats_init == StatsInit::FirstBatch && !state.foundation_stats_set;
         let mut sgd = Sgd::new(self.config.lr_foundation, self.config.momentum);
         sgd.restore_velocity(graph, &state.foundation_velocity).map_err(|e| e.to_string())?;
-        let forward = graph.forward(input, NormMode::Tbr).map_err(|e| e.to_string())?;
+        let forward = graph.forward(input, tbr_mode(first)).map_err(|e| e.to_string())?;
         let loss = weighted_entropy(forward.logits, self.e_max);
         let value = scalar(&loss);
         sgd.step(graph, &loss.backward());
-        graph.update_running_stats(&forward.batch_stats);
+        follow_statistics(graph, first, &forward.batch_stats);
+        state.foundation_stats_set |= first;
         state.foundation = graph.norm_params(state.student.version);
         state.foundation_velocity = sgd.velocity(graph);
         Ok(value)
@@ -268,13 +260,10 @@ impl Adapter {
         let input = self.input(&self.student_manifest, samples)?;
         let graph = &mut self.student;
         graph.load_norm_params(&state.student).map_err(|e| e.to_string())?;
-        if self.config.stats_init == StatsInit::FirstBatch && !state.student_stats_set {
-            set_stats_from(graph, input.clone())?;
-            state.student_stats_set = true;
-        }
+        let first = self.config.stats_init == StatsInit::FirstBatch && !state.student_stats_set;
         let mut sgd = Sgd::new(self.config.lr_student, self.config.momentum);
         sgd.restore_velocity(graph, &state.student_velocity).map_err(|e| e.to_string())?;
-        let forward = graph.forward(input, NormMode::Tbr).map_err(|e| e.to_string())?;
+        let forward = graph.forward(input, tbr_mode(first)).map_err(|e| e.to_string())?;
         let weights = DistillWeights {
             alpha: self.config.alpha,
             beta: self.config.beta,
@@ -289,12 +278,28 @@ impl Adapter {
             kl: scalar(&loss.kl),
             ce: scalar(&loss.ce),
             total: scalar(&loss.total),
+            sample_kl: values(loss.sample_kl.clone()),
         };
         sgd.step(graph, &loss.total.backward());
-        graph.update_running_stats(&forward.batch_stats);
+        follow_statistics(graph, first, &forward.batch_stats);
+        state.student_stats_set |= first;
         state.student = graph.norm_params(state.student.version);
         state.student_velocity = sgd.velocity(graph);
         Ok(report)
+    }
+
+    /// Makes `statistics` (the running means and variances the edge initialised itself with
+    /// from its first batch) the scope's edge-model statistics, unless those were already set
+    /// from data. Returns whether they were adopted.
+    pub fn adopt_edge_statistics(&self, state: &mut ScopeState, statistics: &NormParams) -> bool {
+        if state.student_stats_set {
+            return false;
+        }
+        let version = state.student.version;
+        state.student = state.student.overlaid(statistics);
+        state.student.version = version;
+        state.student_stats_set = true;
+        true
     }
 
     /// The `bn-stats` baseline: the edge model's running statistics take a TBR momentum
@@ -344,10 +349,20 @@ impl Adapter {
     }
 }
 
-fn set_stats_from(graph: &mut Graph, input: Tensor<4>) -> Result<(), String> {
-    let forward = graph.forward(input.detach(), NormMode::Batch).map_err(|e| e.to_string())?;
-    graph.set_running_stats(&forward.batch_stats);
-    Ok(())
+/// TBR, or on a model's first batch under `stats_init = first_batch` TBR whose running
+/// statistics are the batch's own (`r = 1`, `d = 0`: `docs/algorithm.md`).
+fn tbr_mode(first_batch: bool) -> NormMode {
+    if first_batch { NormMode::TbrFirstBatch } else { NormMode::Tbr }
+}
+
+/// After a training forward: the first batch's statistics become the running ones; later
+/// batches move them by TBR's momentum.
+fn follow_statistics(graph: &mut Graph, first_batch: bool, stats: &[Option<cema_compute::BatchStats>]) {
+    if first_batch {
+        graph.set_running_stats(stats);
+    } else {
+        graph.update_running_stats(stats);
+    }
 }
 
 fn scalar(loss: &Tensor<1>) -> f32 {

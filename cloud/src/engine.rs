@@ -13,12 +13,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use cema_core::{DecodeLimits, Manifest, ModelFingerprint, OnnxModel, SampleValues};
+use cema_core::{DecodeLimits, Manifest, ModelFingerprint, NormDiscovery, NormParams, OnnxModel, SampleValues};
 use cema_proto::v1;
 use cema_shift::rng::Rng;
 use tokio::sync::watch;
 
-use crate::adapt::{AdaptConfig, Adapter, CloudMethod, ScopeState};
+use crate::adapt::{AdaptConfig, Adapter, CloudMethod, DistillReport, ScopeState};
 use crate::metrics::Metrics;
 use crate::store::{Commit, QueueEntry, ScopeMeta, Store, StoreError};
 
@@ -86,6 +86,16 @@ impl ModelEntry {
             (SampleValues::U8(_), _) => Err("u8 samples for a model whose manifest takes f32 input".to_owned()),
             (SampleValues::F32(_), _) => Err("float samples for a model whose manifest takes u8 pixels".to_owned()),
         }
+    }
+}
+
+impl ModelEntry {
+    /// Reads and checks first-batch statistics uploaded with a batch end: exactly the running
+    /// mean and variance of every normalisation layer of the edge model, finite, variances ≥ 0.
+    pub fn check_statistics(&self, statistics: &v1::NormStatistics) -> Result<NormParams, String> {
+        let params = cema_proto::statistics_from_wire(statistics.clone()).map_err(|e| e.to_string())?;
+        params.validate_statistics(&self.edge, &NormDiscovery::of(&self.edge)).map_err(|e| e.to_string())?;
+        Ok(params)
     }
 }
 
@@ -276,13 +286,22 @@ impl Engine {
     /// Runs one round of a scope; returns whether there may be more.
     fn round(&self, scope: &str, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, String> {
         let entries = self.store.next_round(scope).map_err(|e| e.to_string())?;
-        let Some(((marker_key, marker), samples)) = entries.split_last() else { return Ok(false) };
-        let marker = (*marker_key, marker.device.clone(), marker.batch);
+        let Some(((marker_key, marker_entry), samples)) = entries.split_last() else { return Ok(false) };
+        let marker = (*marker_key, marker_entry.device.clone(), marker_entry.batch);
         let meta = self.store.meta(scope).map_err(|e| e.to_string())?;
         let mut state = self.store.state(scope).map_err(|e| e.to_string())?.unwrap_or_else(|| adapter.initial_state());
         let config = adapter.config().clone();
         let started = Instant::now();
         let mut commit = Commit::default();
+        if let Some(statistics) = &marker_entry.statistics {
+            // Validated at ingest; the edge serves with these, so the cloud adapts from them.
+            let statistics = handle.model.check_statistics(statistics)?;
+            if adapter.adopt_edge_statistics(&mut state, &statistics) {
+                self.metrics.edge_statistics_adopted.inc();
+                tracing::info!(scope, device = %marker.1, batch = marker.2, "adopted the edge's first-batch statistics");
+                commit.state = Some(state.clone());
+            }
+        }
         if samples.len() >= config.cloud_batch {
             let new = &samples[..config.cloud_batch];
             let decoded = decode_all(&handle.model, new.iter().map(|(_, e)| e))?;
@@ -301,7 +320,7 @@ impl Engine {
                     let mut all: Vec<&SampleValues> = decoded.iter().collect();
                     all.extend(replayed.iter());
                     let report = adapter.distill_step(&mut state, &all)?;
-                    self.metrics.record_distill(&report);
+                    self.record_step(scope, state.student.version, Some(lf), &report);
                 }
                 CloudMethod::BnStats => {
                     let refs: Vec<&SampleValues> = decoded.iter().collect();
@@ -321,14 +340,18 @@ impl Engine {
                     self.replay(scope, &meta, config.replay_only_batch, &handle.model, state.student.version)?;
                 let refs: Vec<&SampleValues> = replayed.iter().collect();
                 let report = adapter.distill_step(&mut state, &refs)?;
-                self.metrics.record_distill(&report);
+                self.record_step(scope, state.student.version, None, &report);
                 self.metrics.replay_only_steps.inc();
                 commit.state = Some(state);
                 commit.stepped = true;
             }
             commit.marker = Some(marker);
         }
-        let published_params = commit.state.as_ref().map(|s| cema_proto::norm_params_to_wire(&s.student, scope));
+        let published_params = commit
+            .state
+            .as_ref()
+            .filter(|_| commit.stepped)
+            .map(|s| cema_proto::norm_params_to_wire(&s.student, scope));
         let meta = self.store.commit(scope, &commit, handle.model.keep_versions).map_err(|e| e.to_string())?;
         if commit.stepped {
             self.metrics.steps.inc();
@@ -337,6 +360,24 @@ impl Engine {
         self.metrics.replay_samples.set(meta.replay_len() as f64);
         self.publish(handle, &meta, published_params);
         Ok(true)
+    }
+
+    /// Metrics and one structured log line per distillation step (`CEMA_LOG=debug`): the loss
+    /// terms and each sample's distillation value, so a step can be audited afterwards.
+    fn record_step(&self, scope: &str, version: u64, foundation_loss: Option<f32>, report: &DistillReport) {
+        self.metrics.record_distill(report);
+        tracing::debug!(
+            scope,
+            version,
+            foundation_loss,
+            batch = report.batch,
+            ent = report.ent,
+            kl = report.kl,
+            ce = report.ce,
+            total = report.total,
+            sample_kl = ?report.sample_kl,
+            "distillation step"
+        );
     }
 
     fn publish(&self, handle: &ScopeHandle, meta: &ScopeMeta, params: Option<v1::NormParams>) {

@@ -95,6 +95,12 @@ pub struct Metrics {
     pub distill_total: Gauge,
     /// Samples in the last distillation step (32 + replayed, or a replay-only batch).
     pub distill_batch: Gauge,
+    /// Per-sample distillation values `T²·KL(teacher ‖ student)` of every step.
+    pub distill_sample_kl: Summary,
+    /// The largest per-sample distillation value of the last step.
+    pub distill_sample_kl_max: Gauge,
+    /// Scopes whose edge-model statistics were taken from an edge's first batch.
+    pub edge_statistics_adopted: Counter,
 }
 
 impl Metrics {
@@ -115,6 +121,10 @@ impl Metrics {
         self.distill_ce.set(report.ce as f64);
         self.distill_total.set(report.total as f64);
         self.distill_batch.set(report.batch as f64);
+        for &kl in &report.sample_kl {
+            self.distill_sample_kl.observe(kl as f64);
+        }
+        self.distill_sample_kl_max.set(report.sample_kl.iter().copied().fold(0.0f32, f32::max) as f64);
     }
 
     /// The Prometheus text exposition; `scopes` and `watchers` are read at render time.
@@ -155,6 +165,31 @@ impl Metrics {
         metric("cema_cloud_distill_ce", "gauge", "Last weighted CE term.", self.distill_ce.get());
         metric("cema_cloud_distill_loss", "gauge", "Last distillation loss.", self.distill_total.get());
         metric("cema_cloud_distill_batch", "gauge", "Samples in the last distillation step.", self.distill_batch.get());
+        let (sum, count) = self.distill_sample_kl.get();
+        metric(
+            "cema_cloud_distill_sample_kl_sum",
+            "counter",
+            "Sum of per-sample distillation values T²·KL(teacher‖student).",
+            sum,
+        );
+        metric(
+            "cema_cloud_distill_sample_kl_count",
+            "counter",
+            "Per-sample distillation values observed.",
+            count as f64,
+        );
+        metric(
+            "cema_cloud_distill_sample_kl_max",
+            "gauge",
+            "Largest per-sample distillation value of the last step.",
+            self.distill_sample_kl_max.get(),
+        );
+        metric(
+            "cema_cloud_edge_statistics_adopted_total",
+            "counter",
+            "Scopes whose edge-model statistics came from an edge's first batch.",
+            self.edge_statistics_adopted.get() as f64,
+        );
         metric("cema_cloud_scopes", "gauge", "Adaptation scopes in memory.", scopes as f64);
         metric("cema_cloud_watchers", "gauge", "Connected parameter watchers.", watchers as f64);
         let _ = writeln!(

@@ -60,18 +60,23 @@ fn default_keep_versions() -> u64 {
     20
 }
 
+impl ModelConfig {
+    /// An edge model adapted from `foundation`, with the default scope, retention and steps.
+    pub fn new(edge: impl Into<PathBuf>, foundation: impl Into<PathBuf>) -> Self {
+        Self {
+            edge: edge.into(),
+            foundation: foundation.into(),
+            scope: ScopeKind::Device,
+            keep_versions: default_keep_versions(),
+            adapt: AdaptConfig::default(),
+        }
+    }
+}
+
 impl Default for CloudConfig {
     fn default() -> Self {
-        let models = BTreeMap::from([(
-            "default".to_owned(),
-            ModelConfig {
-                edge: PathBuf::from("models/student.onnx"),
-                foundation: PathBuf::from("models/foundation.onnx"),
-                scope: ScopeKind::Device,
-                keep_versions: default_keep_versions(),
-                adapt: AdaptConfig::default(),
-            },
-        )]);
+        let models =
+            BTreeMap::from([("default".to_owned(), ModelConfig::new("models/student.onnx", "models/foundation.onnx"))]);
         Self {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
@@ -82,6 +87,13 @@ impl Default for CloudConfig {
 }
 
 impl CloudConfig {
+    /// `models` served on 127.0.0.1 with ports the system picks (tests, embedding), one
+    /// engine worker.
+    pub fn loopback(models: BTreeMap<String, ModelConfig>) -> Self {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self { grpc_addr: any_port, admin_addr: any_port, engine_workers: 1, models }
+    }
+
     /// Reads a config file; model paths become relative to its folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

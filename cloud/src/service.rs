@@ -101,7 +101,15 @@ impl CloudService {
             if end.seq == 0 || end.batch == 0 {
                 return Err(self.refuse("malformed", Status::invalid_argument("batch end with seq or batch 0")));
             }
-            entries.push(Incoming::BatchEnd { seq: end.seq, batch: end.batch });
+            if let Some(statistics) = &end.initial_statistics
+                && let Err(e) = model.check_statistics(statistics)
+            {
+                return Err(self.refuse(
+                    "invalid_statistics",
+                    Status::invalid_argument(format!("batch end {}: first-batch statistics: {e}", end.seq)),
+                ));
+            }
+            entries.push(Incoming::BatchEnd { seq: end.seq, batch: end.batch, statistics: end.initial_statistics });
         }
         Ok(entries)
     }

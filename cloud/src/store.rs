@@ -115,6 +115,9 @@ pub struct QueueEntry {
     /// Batch index of a marker (0 for a sample).
     #[prost(uint64, tag = "3")]
     pub batch: u64,
+    /// A marker's first-batch statistics, if the edge initialised from that batch.
+    #[prost(message, optional, tag = "4")]
+    pub statistics: Option<v1::NormStatistics>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -149,6 +152,8 @@ pub enum Incoming {
         seq: u64,
         /// Edge batch index.
         batch: u64,
+        /// First-batch statistics the edge initialised from (validated at ingest).
+        statistics: Option<v1::NormStatistics>,
     },
 }
 
@@ -181,7 +186,8 @@ pub struct Commit {
     pub consumed: Vec<u64>,
     /// A processed marker: its queue key, device and batch index.
     pub marker: Option<(u64, String, u64)>,
-    /// The new state, if a step changed it (its `student.version` is the new version).
+    /// The new state, if it changed. With `stepped` its `student.version` is a new version,
+    /// stored for watchers; without, only the state is stored (edge statistics adopted).
     pub state: Option<ScopeState>,
     /// Whether a step ran (counted in the scope's meta).
     pub stepped: bool,
@@ -208,13 +214,15 @@ struct WalEntry {
     sample: Option<v1::EncodedTensor>,
     #[prost(uint64, tag = "3")]
     batch: u64,
+    #[prost(message, optional, tag = "4")]
+    statistics: Option<v1::NormStatistics>,
 }
 
 impl From<WalEntry> for Incoming {
     fn from(e: WalEntry) -> Self {
         match e.sample {
             Some(input) => Incoming::Sample { seq: e.seq, input },
-            None => Incoming::BatchEnd { seq: e.seq, batch: e.batch },
+            None => Incoming::BatchEnd { seq: e.seq, batch: e.batch, statistics: e.statistics },
         }
     }
 }
@@ -222,8 +230,12 @@ impl From<WalEntry> for Incoming {
 impl From<&Incoming> for WalEntry {
     fn from(e: &Incoming) -> Self {
         match e {
-            Incoming::Sample { seq, input } => WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0 },
-            Incoming::BatchEnd { seq, batch } => WalEntry { seq: *seq, sample: None, batch: *batch },
+            Incoming::Sample { seq, input } => {
+                WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0, statistics: None }
+            }
+            Incoming::BatchEnd { seq, batch, statistics } => {
+                WalEntry { seq: *seq, sample: None, batch: *batch, statistics: statistics.clone() }
+            }
         }
     }
 }
@@ -483,11 +495,21 @@ impl Store {
                             }
                             meta.queued_samples += 1;
                             outcome.samples += 1;
-                            QueueEntry { sample: Some(input.clone()), device: String::new(), batch: 0 }
+                            QueueEntry {
+                                sample: Some(input.clone()),
+                                device: String::new(),
+                                batch: 0,
+                                statistics: None,
+                            }
                         }
-                        Incoming::BatchEnd { batch, .. } => {
+                        Incoming::BatchEnd { batch, statistics, .. } => {
                             outcome.batch_ends += 1;
-                            QueueEntry { sample: None, device: device.to_owned(), batch: *batch }
+                            QueueEntry {
+                                sample: None,
+                                device: device.to_owned(),
+                                batch: *batch,
+                                statistics: statistics.clone(),
+                            }
                         }
                     };
                     queue.insert(key(scope, meta.queue_next), record.encode_to_vec())?;
@@ -573,8 +595,10 @@ impl Store {
                     queue.remove(key(scope, *id))?;
                     meta.through.insert(device.clone(), *batch);
                 }
-                if let (Some(state), Some((version, params))) = (&state_bytes, &version_bytes) {
+                if let Some(state) = &state_bytes {
                     states.insert(scope, state.as_slice())?;
+                }
+                if let (true, Some((version, params))) = (commit.stepped, &version_bytes) {
                     versions.insert(key(scope, *version), params.as_slice())?;
                     if *version > keep_versions {
                         versions.remove(key(scope, version - keep_versions))?;

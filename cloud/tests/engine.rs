@@ -30,7 +30,7 @@ impl Feed {
             entries.push(Incoming::Sample { seq: self.seq, input: support::image(self.image) });
         }
         self.seq += 1;
-        entries.push(Incoming::BatchEnd { seq: self.seq, batch });
+        entries.push(Incoming::BatchEnd { seq: self.seq, batch, statistics: None });
         store.ingest("d1", SCOPE, &entries, capacity).unwrap();
     }
 }

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use cema_cloud::adapt::AdaptConfig;
 use cema_cloud::server::{Cloud, CloudConfig, ModelConfig};
 use cema_core::codec::{self, Compression};
 use cema_core::{Encoding, Manifest, OnnxModel};
@@ -34,19 +33,11 @@ async fn start() -> Harness {
     std::fs::copy(&student, &float).unwrap();
     let text = cema_cloud::builtin::BuiltIn::Student.manifest_toml(&[]).replace("pixels = \"u8\"", "pixels = \"f32\"");
     std::fs::write(Manifest::path_for(&float), text).unwrap();
-    let model = |edge: &std::path::Path| ModelConfig {
-        edge: edge.to_path_buf(),
-        foundation: foundation.clone(),
-        scope: Default::default(),
-        keep_versions: 5,
-        adapt: AdaptConfig::default(),
-    };
-    let config = CloudConfig {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        engine_workers: 1,
-        models: BTreeMap::from([("default".to_owned(), model(&student)), ("float".to_owned(), model(&float))]),
-    };
+    let model = |edge: &std::path::Path| ModelConfig { keep_versions: 5, ..ModelConfig::new(edge, &foundation) };
+    let config = CloudConfig::loopback(BTreeMap::from([
+        ("default".to_owned(), model(&student)),
+        ("float".to_owned(), model(&float)),
+    ]));
     let cloud = Cloud::start(&config, &dir.path().join("data")).await.unwrap();
     let cloud_addr = format!("http://{}", cloud.grpc_addr());
     let (store, registry, metrics) = (cloud.store(), cloud.registry(), cloud.metrics());

@@ -68,6 +68,9 @@ pub struct DistillLoss {
     pub ce: Tensor<1>,
     /// `α·Ent + β·KL + γ·CE`.
     pub total: Tensor<1>,
+    /// Each sample's unweighted `T²·KL(teacher ‖ student)` (detached): its distillation value,
+    /// for auditing which samples teach.
+    pub sample_kl: Tensor<1>,
 }
 
 /// CEMA's distillation loss of student logits against (constant) teacher logits.
@@ -84,6 +87,7 @@ pub fn distillation(student: Tensor<2>, teacher: Tensor<2>, weights: &DistillWei
     let log_pt = activation::log_softmax(teacher.clone().div_scalar(t), 1);
     let log_ps_t = activation::log_softmax(student.clone().div_scalar(t), 1);
     let kl_i = log_pt.clone().exp().mul(log_pt.sub(log_ps_t)).sum_dim(1).reshape([n]).mul_scalar(t * t);
+    let sample_kl = kl_i.clone().detach();
     let kl = w_t.clone().mul(kl_i).mean();
 
     let teacher_values = teacher.into_data().try_to_vec::<f32>().unwrap_or_default();
@@ -102,5 +106,5 @@ pub fn distillation(student: Tensor<2>, teacher: Tensor<2>, weights: &DistillWei
         .mul_scalar(weights.alpha)
         .add(kl.clone().mul_scalar(weights.beta))
         .add(ce.clone().mul_scalar(weights.gamma));
-    DistillLoss { ent, kl, ce, total }
+    DistillLoss { ent, kl, ce, total, sample_kl }
 }

@@ -6,6 +6,12 @@
 //!   `r = sg(s_b)/s_r`, `d = (sg(μ_b) − μ_r)/s_r`, `x̂ = (x − μ_b)/s_b`, `y = γ·(r·x̂ + d) + β`.
 //!   In value this equals `Inference`; gradients flow through the batch statistics. The
 //!   running statistics are updated after use, by [`crate::Graph::update_running_stats`].
+//! - `TbrFirstBatch`: TBR in a layer that has no running statistics yet (CEMA's
+//!   `stats_init = first_batch`): they are taken from this batch, so `r = 1`, `d = 0` and
+//!   `y = γ·(x − μ_b)/s_b + β` with the unbiased `σ²_b`. Each layer's input depends on the
+//!   earlier layers normalised this way. The caller then makes the measured statistics the
+//!   running ones ([`crate::Graph::set_running_stats`]); a momentum update would leave them
+//!   unchanged. See `docs/algorithm.md`, "First-batch statistics".
 //! - `Batch`: the batch's own statistics with biased variance (Tent, and PyTorch's training
 //!   mode). The measured statistics are returned; Tent discards them, pretraining applies them
 //!   to the running statistics as PyTorch does (with the unbiased variance).
@@ -22,6 +28,9 @@ pub enum NormMode {
     Inference,
     /// Test-time batch renormalisation (CEMA).
     Tbr,
+    /// TBR whose running statistics are this batch's own (`r = 1`, `d = 0`): the first
+    /// batch under `stats_init = first_batch`.
+    TbrFirstBatch,
     /// Batch statistics, biased variance (Tent; PyTorch's training mode).
     Batch,
 }
@@ -59,7 +68,7 @@ pub(crate) fn normalise(
     let x_t = x.t.clone();
     let (y, stats) = match mode {
         NormMode::Inference => (x_t.sub(running_mean).div(running_std).mul(gamma).add(beta), None),
-        NormMode::Tbr | NormMode::Batch => {
+        NormMode::Tbr | NormMode::TbrFirstBatch | NormMode::Batch => {
             let per_channel = dims.iter().product::<usize>() / channels;
             if per_channel < 2 {
                 return Err("batch statistics need at least two values per channel".to_owned());
@@ -72,6 +81,10 @@ pub(crate) fn normalise(
                 let var = unbiased.clone().mul_scalar((per_channel - 1) as f64 / per_channel as f64);
                 let y = x_t.sub(mean.clone()).div(var.add_scalar(eps).sqrt()).mul(gamma).add(beta);
                 (y, Some(BatchStats { mean: mean.detach(), var: unbiased.detach() }))
+            } else if mode == NormMode::TbrFirstBatch {
+                let var = flat.var(1).reshape(shape);
+                let y = x_t.sub(mean.clone()).div(var.clone().add_scalar(eps).sqrt()).mul(gamma).add(beta);
+                (y, Some(BatchStats { mean: mean.detach(), var: var.detach() }))
             } else {
                 let var = flat.var(1).reshape(shape);
                 let batch_std = var.clone().add_scalar(eps).sqrt();

@@ -1,5 +1,8 @@
-//! Gradients of γ and β under TBR and batch normalisation match central finite differences of
-//! an independent f64 reference; SGD follows PyTorch's momentum rule and touches nothing frozen.
+//! The normalisation semantics against an independent f64 reference: gradients of γ and β
+//! under TBR, first-batch TBR and batch normalisation match central finite differences;
+//! first-batch statistics (where layer 2's depend on layer 1's normalisation) match a hand
+//! computation in both engines, burn and ONNX Runtime; SGD follows PyTorch's momentum rule and
+//! touches nothing frozen.
 
 use burn::Tensor;
 use cema_compute::loss::mean_entropy;
@@ -7,6 +10,8 @@ use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values}
 use cema_core::OnnxModel;
 use cema_core::onnx::generate::SplitMix64;
 use cema_core::onnx::{Attr, GraphBuilder};
+use cema_core::{NormDiscovery, NormParams};
+use cema_edge::OrtLibrary;
 
 const N: usize = 4;
 const IN: usize = 2;
@@ -41,6 +46,11 @@ impl Net {
     }
 
     fn model(&self) -> OnnxModel {
+        self.model_pooled_by(Pool::GlobalAveragePool)
+    }
+
+    /// The same network with the spatial mean computed by `pool`.
+    fn model_pooled_by(&self, pool: Pool) -> OnnxModel {
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         let mut g = GraphBuilder::new("two_bn", 17);
         let x = g.input("x", &[None, Some(IN as i64), Some(3), Some(3)]);
@@ -55,37 +65,69 @@ impl Net {
         let c2 = g.node("Conv", &[&r1, &w2, &b2], &["c2"], &[("kernel_shape", Attr::Ints(vec![1, 1]))]);
         let [a, b, c, d] = self.bn2.each_ref().map(|v| f(v));
         let n2 = g.batch_norm(&c2, "bn2", [&a, &b, &c, &d], EPS as f32);
-        let p = g.node("GlobalAveragePool", &[&n2], &["p"], &[]);
-        g.node("Flatten", &[&p], &["logits"], &[]);
+        match pool {
+            Pool::GlobalAveragePool => {
+                let p = g.node("GlobalAveragePool", &[&n2], &["p"], &[]);
+                g.node("Flatten", &[&p], &["logits"], &[]);
+            }
+            // As PyTorch exports `x.mean((2, 3))`.
+            Pool::ReduceMean => {
+                g.node(
+                    "ReduceMean",
+                    &[&n2],
+                    &["logits"],
+                    &[("axes", Attr::Ints(vec![2, 3])), ("keepdims", Attr::Int(0))],
+                );
+            }
+        }
         g.output("logits", &[None, Some(OUT as i64)]);
         g.build().expect("model")
     }
 }
 
-/// TBR's stop-gradient terms `r`, `d` of each layer, frozen at the point of differentiation.
-type Frozen = Vec<(Vec<f64>, Vec<f64>)>;
+/// How the network averages over pixels before the logits.
+#[derive(Clone, Copy, Debug)]
+enum Pool {
+    GlobalAveragePool,
+    ReduceMean,
+}
 
-/// Per-channel batch normalisation of `h[n][c][p]` in f64.
+/// Two per-channel vectors of one layer: TBR's `(r, d)` or the batch's `(mean, variance)`.
+type PerChannel = (Vec<f64>, Vec<f64>);
+
+/// TBR's stop-gradient terms `r`, `d` of each layer, frozen at the point of differentiation.
+type Frozen = Vec<PerChannel>;
+
+/// Per layer, the batch mean and unbiased batch variance of its input.
+type Measured = Vec<PerChannel>;
+
+/// Per-channel batch normalisation of `h[n][c][p]` in f64; returns TBR's `(r, d)` and the
+/// batch's `(mean, unbiased variance)`.
 fn bn(
     h: &mut [Vec<Vec<f64>>],
     p: &[Vec<f64>; 4],
     mode: NormMode,
-    frozen: Option<&(Vec<f64>, Vec<f64>)>,
-) -> (Vec<f64>, Vec<f64>) {
+    frozen: Option<&PerChannel>,
+) -> (PerChannel, PerChannel) {
     let channels = p[0].len();
     let (mut rs, mut ds) = (vec![0.0; channels], vec![0.0; channels]);
+    let (mut means, mut vars) = (vec![0.0; channels], vec![0.0; channels]);
     for c in 0..channels {
         let all: Vec<f64> = h.iter().flat_map(|n| n[c].iter().copied()).collect();
         let m = all.len() as f64;
         let mean = all.iter().sum::<f64>() / m;
         let ss: f64 = all.iter().map(|x| (x - mean).powi(2)).sum();
         let (gamma, beta, rmean, rvar) = (p[0][c], p[1][c], p[2][c], p[3][c]);
+        means[c] = mean;
+        vars[c] = ss / (m - 1.0);
         let s_r = (rvar + EPS).sqrt();
         for n in h.iter_mut() {
             for x in n[c].iter_mut() {
                 *x = match mode {
                     NormMode::Inference => gamma * (*x - rmean) / s_r + beta,
                     NormMode::Batch => gamma * (*x - mean) / (ss / m + EPS).sqrt() + beta,
+                    // No running statistics yet: they are the batch's own, so r = 1, d = 0.
+                    NormMode::TbrFirstBatch => gamma * (*x - mean) / (ss / (m - 1.0) + EPS).sqrt() + beta,
                     NormMode::Tbr => {
                         let s_b = (ss / (m - 1.0) + EPS).sqrt();
                         let r = frozen.map_or(s_b / s_r, |f| f.0[c]);
@@ -98,7 +140,7 @@ fn bn(
             }
         }
     }
-    (rs, ds)
+    ((rs, ds), (means, vars))
 }
 
 fn conv1x1(h: &[Vec<Vec<f64>>], w: &[f64], b: &[f64], out: usize) -> Vec<Vec<Vec<f64>>> {
@@ -114,8 +156,8 @@ fn conv1x1(h: &[Vec<Vec<f64>>], w: &[f64], b: &[f64], out: usize) -> Vec<Vec<Vec
         .collect()
 }
 
-/// Logits `[N × OUT]` and the TBR terms measured on the way.
-fn reference(net: &Net, x: &[f32], mode: NormMode, frozen: Option<&Frozen>) -> (Vec<f64>, Frozen) {
+/// Logits `[N × OUT]`, the TBR terms and the batch statistics measured on the way.
+fn reference(net: &Net, x: &[f32], mode: NormMode, frozen: Option<&Frozen>) -> (Vec<f64>, Frozen, Measured) {
     let h: Vec<Vec<Vec<f64>>> = (0..N)
         .map(|n| (0..IN).map(|c| (0..PIXELS).map(|p| x[(n * IN + c) * PIXELS + p] as f64).collect()).collect())
         .collect();
@@ -125,7 +167,7 @@ fn reference(net: &Net, x: &[f32], mode: NormMode, frozen: Option<&Frozen>) -> (
     let mut h = conv1x1(&h, &net.w2, &net.b2, OUT);
     let t2 = bn(&mut h, &net.bn2, mode, frozen.map(|f| &f[1]));
     let logits = h.iter().flat_map(|n| n.iter().map(|c| c.iter().sum::<f64>() / PIXELS as f64)).collect();
-    (logits, vec![t1, t2])
+    (logits, vec![t1.0, t2.0], vec![t1.1, t2.1])
 }
 
 fn loss(logits: &[f64], weights: &[f64]) -> f64 {
@@ -133,13 +175,17 @@ fn loss(logits: &[f64], weights: &[f64]) -> f64 {
 }
 
 fn check_gradients(mode: NormMode) {
+    check_gradients_of(mode, Pool::GlobalAveragePool);
+}
+
+fn check_gradients_of(mode: NormMode, pool: Pool) {
     let net = Net::seeded(3);
     let x = SplitMix64::new(4).vec(N * IN * PIXELS, -1.5, 1.5);
     let weights: Vec<f64> = SplitMix64::new(5).vec(N * OUT, -1.0, 1.0).into_iter().map(f64::from).collect();
 
-    let graph = Graph::load(&net.model(), &cpu_autodiff(), Trainable::NormAffine).expect("load");
+    let graph = Graph::load(&net.model_pooled_by(pool), &cpu_autodiff(), Trainable::NormAffine).expect("load");
     let forward = graph.forward(batch(&x, [N, IN, 3, 3], graph.device()), mode).expect("forward");
-    let (expected_logits, frozen) = reference(&net, &x, mode, None);
+    let (expected_logits, frozen, _) = reference(&net, &x, mode, None);
     let logits = values(forward.logits.clone());
     for (a, e) in logits.iter().zip(&expected_logits) {
         assert!((*a as f64 - e).abs() < 1e-4, "{mode:?} logits: {a} vs {e}");
@@ -182,6 +228,16 @@ fn tbr_gradients_match_finite_differences() {
 }
 
 #[test]
+fn first_batch_gradients_match_finite_differences() {
+    check_gradients(NormMode::TbrFirstBatch);
+}
+
+#[test]
+fn reduce_mean_pooling_gradients_match_finite_differences() {
+    check_gradients_of(NormMode::Tbr, Pool::ReduceMean);
+}
+
+#[test]
 fn batch_mode_gradients_match_finite_differences() {
     check_gradients(NormMode::Batch);
 }
@@ -195,6 +251,68 @@ fn tbr_forward_equals_inference_forward() {
     for (a, b) in run(NormMode::Tbr).iter().zip(run(NormMode::Inference)) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
+}
+
+fn assert_close(what: &str, actual: &[f32], expected: &[f64], tolerance: f64) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!((*a as f64 - e).abs() <= tolerance * e.abs().max(1.0), "{what}[{i}]: {a} vs {e}");
+    }
+}
+
+#[test]
+fn first_batch_statistics_match_a_hand_computation_in_both_engines() {
+    let net = Net::seeded(21);
+    let model = net.model();
+    let x = SplitMix64::new(22).vec(N * IN * PIXELS, -1.5, 1.5);
+    let (logits, _, measured) = reference(&net, &x, NormMode::TbrFirstBatch, None);
+    // Layer 2's statistics depend on how layer 1 normalised: with the biased variance (plain
+    // batch normalisation) they differ far beyond the tolerance, so the check can tell them apart.
+    let (_, _, biased) = reference(&net, &x, NormMode::Batch, None);
+    let gap = measured[1].1.iter().zip(&biased[1].1).map(|(a, b)| (a - b).abs() / a.abs()).fold(0.0, f64::max);
+    assert!(gap > 1e-3, "layer 2's variance barely depends on layer 1's normalisation ({gap:e})");
+
+    // burn, as the cloud runs it: a TBR forward whose running statistics are the batch's own.
+    let mut graph = Graph::load(&model, &cpu_autodiff(), Trainable::NormAffine).expect("load");
+    let forward = graph.forward(batch(&x, [N, IN, 3, 3], graph.device()), NormMode::TbrFirstBatch).expect("forward");
+    assert_close("burn logits", &values(forward.logits.clone()), &logits, 1e-4);
+    graph.set_running_stats(&forward.batch_stats);
+    for (layer, (mean, var)) in ["bn1", "bn2"].iter().zip(&measured) {
+        assert_close(
+            &format!("burn {layer} mean"),
+            &graph.stored_values(&format!("{layer}.running_mean")).expect("mean"),
+            mean,
+            1e-4,
+        );
+        assert_close(
+            &format!("burn {layer} var"),
+            &graph.stored_values(&format!("{layer}.running_var")).expect("var"),
+            var,
+            1e-4,
+        );
+    }
+
+    // ONNX Runtime, as the edge runs it: the rewritten graph, then the patched model serving.
+    let library = OrtLibrary::get(None).expect("ONNX Runtime (run scripts/setup.sh)");
+    let discovery = NormDiscovery::of(&model);
+    let params: NormParams =
+        library.first_batch_params(&model, &discovery, &[N, IN, 3, 3], &x).expect("first-batch statistics");
+    assert_eq!(params.version, 0);
+    for (layer, (mean, var)) in ["bn1", "bn2"].iter().zip(&measured) {
+        assert_close(
+            &format!("ORT {layer} mean"),
+            &params.tensors[&format!("{layer}.running_mean")].values,
+            mean,
+            1e-4,
+        );
+        assert_close(&format!("ORT {layer} var"), &params.tensors[&format!("{layer}.running_var")].values, var, 1e-4);
+    }
+    assert_eq!(
+        params.tensors["bn2.weight"].values,
+        NormParams::source(&model).expect("source").tensors["bn2.weight"].values
+    );
+    let served = library.run_once(&params.apply(&model).expect("patch"), "x", &[N, IN, 3, 3], &x).expect("ORT run");
+    assert_close("ORT served logits", &served, &logits, 1e-4);
 }
 
 #[test]

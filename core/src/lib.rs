@@ -19,6 +19,6 @@ pub mod params;
 
 pub use codec::{CodecError, Compression, DecodeLimits, EncodedSample, Encoding, SampleValues};
 pub use manifest::{Manifest, ManifestError};
-pub use norm::{NormDiscovery, NormLayer, UnsupportedNorm};
+pub use norm::{NormDiscovery, NormLayer, StatsInit, UnsupportedNorm};
 pub use onnx::{ModelError, ModelFingerprint, OnnxModel};
 pub use params::{NormParams, NormTensor, ParamsError};

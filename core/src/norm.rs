@@ -15,6 +15,30 @@ pub const ONNX_BN_DEFAULT_EPSILON: f32 = 1e-5;
 /// ONNX's default `momentum` (weight of the old running value) when the attribute is absent.
 pub const ONNX_BN_DEFAULT_MOMENTUM: f32 = 0.9;
 
+/// Where a model's running statistics start (`docs/algorithm.md`, "First-batch statistics").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatsInit {
+    /// Keep the model's own running statistics.
+    #[default]
+    Source,
+    /// Replace them with the statistics of the first batch the model sees: TBR in a layer that
+    /// has none yet (batch mean, unbiased variance, `r = 1`, `d = 0`).
+    FirstBatch,
+}
+
+impl std::str::FromStr for StatsInit {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "source" => Ok(Self::Source),
+            "first_batch" | "first-batch" => Ok(Self::FirstBatch),
+            other => Err(format!("stats_init `{other}`: use source or first_batch")),
+        }
+    }
+}
+
 /// Normalisation operators that exist in ONNX but that this project cannot adapt.
 const UNSUPPORTED_NORM_OPS: &[&str] = &[
     "LayerNormalization",

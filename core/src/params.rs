@@ -86,6 +86,18 @@ pub enum ParamsError {
         /// The value.
         value: f32,
     },
+    /// A set of batch statistics lacks a layer's mean or variance.
+    #[error("statistics lack tensor `{name}`; every layer's running mean and variance is required")]
+    MissingStatistic {
+        /// Tensor name.
+        name: String,
+    },
+    /// A set of batch statistics carries a tensor that is not a running mean or variance.
+    #[error("tensor `{name}` is not a running mean or variance; statistics carry only those")]
+    NotStatistic {
+        /// Tensor name.
+        name: String,
+    },
     /// The model's own parameter could not be read.
     #[error("cannot read the model's tensor `{name}`: {reason}")]
     Unreadable {
@@ -96,6 +108,8 @@ pub enum ParamsError {
     },
 }
 
+/// Index of the running mean among a layer's four parameters.
+const MEAN_INDEX: usize = 2;
 /// Index of the running variance among a layer's four parameters.
 const VAR_INDEX: usize = 3;
 
@@ -150,6 +164,44 @@ impl NormParams {
             }
         }
         Ok(())
+    }
+
+    /// Checks a set of batch statistics (uploaded with a batch end): exactly the running mean
+    /// and variance of every layer, each valid as [`validate_against`](Self::validate_against)
+    /// requires.
+    pub fn validate_statistics(&self, model: &OnnxModel, discovery: &NormDiscovery) -> Result<(), ParamsError> {
+        self.validate_against(model, discovery)?;
+        if let Some(name) =
+            self.tensors.keys().find(|name| !matches!(discovery.owner_of(name), Some((_, MEAN_INDEX | VAR_INDEX))))
+        {
+            return Err(ParamsError::NotStatistic { name: name.clone() });
+        }
+        let missing = discovery.layers.iter().flat_map(|l| [&l.mean, &l.var]).find(|n| !self.tensors.contains_key(*n));
+        match missing {
+            Some(name) => Err(ParamsError::MissingStatistic { name: name.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// These parameters with the tensors of `other` replacing (or adding to) their own.
+    pub fn overlaid(&self, other: &NormParams) -> NormParams {
+        let mut out = self.clone();
+        out.tensors.extend(other.tensors.iter().map(|(k, v)| (k.clone(), v.clone())));
+        out
+    }
+
+    /// Only the running means and variances of the layers of `discovery`.
+    pub fn statistics(&self, discovery: &NormDiscovery) -> NormParams {
+        let names: Vec<&String> = discovery.layers.iter().flat_map(|l| [&l.mean, &l.var]).collect();
+        NormParams {
+            version: self.version,
+            tensors: self
+                .tensors
+                .iter()
+                .filter(|(k, _)| names.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
     }
 
     /// Validates, then returns a copy of `model` whose normalisation initializers hold these values.

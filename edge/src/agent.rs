@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cema_core::{Compression, SampleValues, codec};
+use cema_core::{Compression, Encoding, SampleValues, StatsInit, codec};
 use cema_proto::v1;
 use prost::Message;
 use tokio::sync::{Notify, watch};
@@ -40,6 +40,12 @@ pub struct AgentConfig {
     pub selector: SelectorConfig,
     /// zstd-compress uploads.
     pub compress: bool,
+    /// How float model inputs travel: `F16` (half the bytes; moves the cloud's statistics by
+    /// about 1e-5 relative) or `F32` (lossless). Models that take u8 pixels always upload u8.
+    pub float_encoding: Encoding,
+    /// Where the served model's running statistics start: `FirstBatch` initialises them on the
+    /// edge from the first batch, before serving it, and sends them with that batch's end.
+    pub stats_init: StatsInit,
     /// Outbox bounds and policy.
     pub outbox: OutboxLimits,
     /// Pacing.
@@ -94,6 +100,9 @@ pub struct Agent {
     outbox_changed: Arc<Notify>,
     metrics: Arc<EdgeMetrics>,
     applied: Arc<AtomicU64>,
+    /// Whether the serving parameters are the model's own, untouched (no update applied, no
+    /// first-batch initialisation): what `stats_init = first_batch` waits for.
+    serving_source: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -114,7 +123,9 @@ impl Agent {
             None => SelectorState::default(),
         };
         let batch_index = meta.get(BATCH_KEY).map_err(|e| state_err(&e))?.map(|v| be_u64(&v)).unwrap_or(0);
-        if let Some(bytes) = meta.get(APPLIED_KEY).map_err(|e| state_err(&e))? {
+        let applied = meta.get(APPLIED_KEY).map_err(|e| state_err(&e))?;
+        let serving_source = applied.is_none();
+        if let Some(bytes) = applied {
             let wire = v1::NormParams::decode(bytes.as_ref()).map_err(|e| state_err(&e))?;
             let params = cema_proto::norm_params_from_wire(wire).map_err(|e| state_err(&e))?;
             let prepared = runtime.prepare(&params)?;
@@ -137,6 +148,7 @@ impl Agent {
             link,
             outbox_changed: Arc::new(Notify::new()),
             metrics,
+            serving_source,
         })
     }
 
@@ -196,6 +208,7 @@ impl Agent {
         }
         self.outbox.meta().insert(APPLIED_KEY, wire.encode_to_vec()).map_err(|e| AgentError::State(e.to_string()))?;
         self.runtime.swap(session);
+        self.serving_source = false;
         let now = Instant::now();
         let mut acked = self.acked_batches.lock().unwrap_or_else(|e| e.into_inner());
         let later = acked.split_off(&(through_batch + 1));
@@ -215,6 +228,7 @@ impl Agent {
         let source = self.runtime.prepare_source()?;
         self.outbox.meta().remove(APPLIED_KEY).map_err(|e| AgentError::State(e.to_string()))?;
         self.runtime.swap(source);
+        self.serving_source = true;
         self.applied.store(0, Ordering::Release);
         Ok(())
     }
@@ -245,6 +259,7 @@ impl Agent {
                 SampleValues::F32(values) => input.extend_from_slice(values),
             }
         }
+        let first_batch = self.first_batch_init(&input, samples.len())?;
         let started = Instant::now();
         let prediction = self.runtime.predict(&input, samples.len())?;
         self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -261,7 +276,7 @@ impl Agent {
             }
             let encoded = match &samples[i] {
                 SampleValues::U8(pixels) => codec::encode_u8(&shape, pixels, compression),
-                SampleValues::F32(values) => codec::encode_f32(&shape, values, cema_core::Encoding::F16, compression),
+                SampleValues::F32(values) => codec::encode_f32(&shape, values, self.config.float_encoding, compression),
             }
             .map_err(|e| AgentError::Input(e.to_string()))?;
             selected.push(v1::Sample {
@@ -275,12 +290,16 @@ impl Agent {
         let selected_indices: Vec<usize> = (0..samples.len()).filter(|&i| selection.keep[i]).collect();
         let batch = self.batch_index + 1;
         let state = serde_json::to_vec(self.selector.state()).map_err(|e| AgentError::State(e.to_string()))?;
-        let appended = self.outbox.append_batch(
-            selected,
-            batch,
-            samples.len() as u32,
-            &[(SELECTOR_KEY, state), (BATCH_KEY, batch.to_be_bytes().to_vec())],
-        )?;
+        let mut extra = vec![(SELECTOR_KEY, state), (BATCH_KEY, batch.to_be_bytes().to_vec())];
+        let mut end = v1::BatchEnd { seq: 0, batch, predicted: samples.len() as u32, initial_statistics: None };
+        if let Some(params) = &first_batch {
+            // The parameters served from now on and the statistics the cloud adopts are stored
+            // with the batch, atomically: a crash before this point re-initialises.
+            extra.push((APPLIED_KEY, cema_proto::norm_params_to_wire(params, "").encode_to_vec()));
+            let statistics = params.statistics(self.runtime.discovery());
+            end.initial_statistics = Some(cema_proto::statistics_to_wire(&statistics, samples.len() as u32));
+        }
+        let appended = self.outbox.append_batch(selected, end, &extra)?;
         self.batch_index = batch;
         self.outbox_changed.notify_one();
         let mut stored = vec![false; samples.len()];
@@ -300,6 +319,27 @@ impl Agent {
                 uploaded: stored[i],
             })
             .collect())
+    }
+
+    /// Under `stats_init = first_batch`, while the model's own parameters serve: measures this
+    /// batch's statistics forward-only, swaps in a session that uses them, and returns the
+    /// parameters (stored with the batch by the caller). A batch of one sample has no variance
+    /// and serves with the source statistics; the next batch tries again.
+    fn first_batch_init(&mut self, input: &[f32], batch: usize) -> Result<Option<cema_core::NormParams>, AgentError> {
+        if self.config.stats_init != StatsInit::FirstBatch || !self.serving_source || batch < 2 {
+            return Ok(None);
+        }
+        let params = self.runtime.first_batch_params(input, batch)?;
+        let prepared = self.runtime.prepare(&params)?;
+        self.runtime.swap(prepared);
+        self.serving_source = false;
+        self.metrics.first_batch_inits.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            batch = self.batch_index + 1,
+            samples = batch,
+            "running statistics initialised from the first batch"
+        );
+        Ok(Some(params))
     }
 
     /// In lockstep pacing: waits until the cloud has processed every pushed batch and the

@@ -78,6 +78,8 @@ pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, St
         device_id: "bench".into(),
         selector: Preset::Reference.config(),
         compress: false,
+        float_encoding: cema_core::Encoding::F16,
+        stats_init: cema_core::StatsInit::Source,
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
     };

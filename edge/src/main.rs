@@ -144,6 +144,14 @@ struct RunArgs {
     /// zstd-compress uploads. Default false (8-bit images compress little).
     #[arg(long, env = "CEMA_EDGE_COMPRESS")]
     compress: Option<bool>,
+    /// How float model inputs are uploaded: f16 (default; half the bytes, moves the cloud's
+    /// statistics by ~1e-5 relative) or f32 (lossless). Models taking u8 pixels upload u8.
+    #[arg(long, env = "CEMA_EDGE_UPLOAD_ENCODING")]
+    upload_encoding: Option<String>,
+    /// Where the running statistics start: source (the model's own, default) or first_batch
+    /// (measured on the first batch before serving it, and sent to the cloud with it).
+    #[arg(long, env = "CEMA_EDGE_STATS_INIT")]
+    stats_init: Option<String>,
     /// Upload rate limit, samples per second.
     #[arg(long, env = "CEMA_EDGE_MAX_SAMPLES_PER_S")]
     max_samples_per_s: Option<f64>,
@@ -217,6 +225,8 @@ fn merge(mut args: RunArgs) -> Result<RunArgs> {
         random_fraction,
         pacing,
         compress,
+        upload_encoding,
+        stats_init,
         max_samples_per_s,
         outbox_max_mib,
         outbox_max_entries,
@@ -395,6 +405,12 @@ fn run(args: RunArgs) -> Result<()> {
         device_id: device_id.clone(),
         selector: selector_config(&args)?,
         compress: args.compress.unwrap_or(false),
+        float_encoding: match args.upload_encoding.as_deref().unwrap_or("f16") {
+            "f16" => cema_core::Encoding::F16,
+            "f32" => cema_core::Encoding::F32,
+            other => bail!("upload_encoding `{other}`: use f16 or f32 (u8 models always upload u8)"),
+        },
+        stats_init: args.stats_init.as_deref().unwrap_or("source").parse().map_err(anyhow::Error::msg)?,
         outbox: OutboxLimits {
             max_bytes: args.outbox_max_mib.unwrap_or(256) << 20,
             max_entries: args.outbox_max_entries.unwrap_or(1_000_000),

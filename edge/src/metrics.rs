@@ -28,6 +28,8 @@ pub struct EdgeMetrics {
     pub swaps: AtomicU64,
     /// Updates refused (invalid).
     pub rejected_updates: AtomicU64,
+    /// Running-statistics initialisations from a first batch (`stats_init = first_batch`).
+    pub first_batch_inits: AtomicU64,
     /// Microseconds to validate and prepare the last update.
     pub prepare_us: AtomicU64,
     /// Microseconds from the last update's arrival to its swap.
@@ -86,6 +88,12 @@ impl EdgeMetrics {
             ("cema_edge_params_version", "gauge", "Parameter version serving.", get(&self.params_version)),
             ("cema_edge_param_swaps_total", "counter", "Parameter updates applied.", get(&self.swaps)),
             ("cema_edge_rejected_updates_total", "counter", "Invalid updates refused.", get(&self.rejected_updates)),
+            (
+                "cema_edge_first_batch_inits_total",
+                "counter",
+                "Running statistics initialised from a first batch.",
+                get(&self.first_batch_inits),
+            ),
             ("cema_edge_prepare_seconds", "gauge", "Validate + build of the last update.", get(&self.prepare_us) / 1e6),
             (
                 "cema_edge_update_to_swap_seconds",

@@ -147,14 +147,13 @@ impl Outbox {
         Ok(self.meta.get(NEXT_SEQ)?.map(|v| seq_of(&v)).unwrap_or(1) - 1)
     }
 
-    /// Stores one batch's selected samples (seqs assigned here) and its batch-end marker, plus
-    /// `extra` agent-state records, in one transaction. When samples were stored, returns
-    /// after they are on disk.
+    /// Stores one batch's selected samples (seqs assigned here) and its batch-end marker `end`
+    /// (its seq assigned here too), plus `extra` agent-state records, in one transaction. When
+    /// samples or first-batch statistics were stored, returns after they are on disk.
     pub fn append_batch(
         &self,
         samples: Vec<v1::Sample>,
-        batch: u64,
-        predicted: u32,
+        end: v1::BatchEnd,
         extra: &[(&[u8], Vec<u8>)],
     ) -> Result<Appended, OutboxError> {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +228,7 @@ impl Outbox {
                 appended.sample_seqs.push(Some(next));
                 next += 1;
             }
-            let end = v1::BatchEnd { seq: next, batch, predicted };
+            let end = v1::BatchEnd { seq: next, ..end.clone() };
             let bytes = OutboxEntry { sample: None, batch_end: Some(end) }.encode_to_vec();
             added_bytes += bytes.len() as u64;
             entries.insert(&next.to_be_bytes(), bytes)?;
@@ -242,10 +241,10 @@ impl Outbox {
             Ok::<_, ConflictableTransactionError<OutboxError>>((appended, added_bytes))
         })?;
         let (appended, added_bytes) = outcome;
-        // Selected samples are on disk before they count as selected. A batch that selected
-        // nothing is left to sled's periodic flush: losing its marker to a crash only merges
+        // Selected samples (and first-batch statistics, which the agent serves with) are on
+        // disk before they count. A batch that selected nothing is left to sled's periodic flush: losing its marker to a crash only merges
         // that batch into the next one at the cloud.
-        if appended.sample_seqs.iter().any(Option::is_some) || !evict.is_empty() {
+        if appended.sample_seqs.iter().any(Option::is_some) || !evict.is_empty() || end.initial_statistics.is_some() {
             self.db.flush()?;
         }
         let kept = keep_new.iter().filter(|k| **k).count() as u64 + 1;

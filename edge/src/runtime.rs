@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use cema_core::{Manifest, ManifestError, ModelError, NormDiscovery, NormParams, OnnxModel, ParamsError, math};
+use cema_core::onnx::first_batch_statistics_model;
+use cema_core::{
+    Manifest, ManifestError, ModelError, NormDiscovery, NormParams, NormTensor, OnnxModel, ParamsError, math,
+};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
@@ -136,6 +139,44 @@ impl OrtLibrary {
         let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
         let outputs = session.run(ort::inputs![input_name => tensor])?;
         Ok(outputs[0].try_extract_tensor::<f32>()?.1.to_vec())
+    }
+
+    /// CEMA's first-batch initialisation (`stats_init = first_batch`), forward-only: runs
+    /// `model` rewritten by [`first_batch_statistics_model`] once on `input` (`dims`, batch
+    /// first) and returns the model's parameters with every layer's running statistics
+    /// replaced by that batch's own (mean, unbiased variance), version 0.
+    pub fn first_batch_params(
+        &self,
+        model: &OnnxModel,
+        discovery: &NormDiscovery,
+        dims: &[usize],
+        input: &[f32],
+    ) -> Result<NormParams, RuntimeError> {
+        let rewritten = first_batch_statistics_model(model, discovery)?;
+        let mut session = self.session(&rewritten.model.encode(), 1)?;
+        let input_name = model.input_names().first().map(|n| (*n).to_owned()).unwrap_or_default();
+        let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
+        let outputs = session.run(ort::inputs![input_name.as_str() => tensor])?;
+        let mut params = NormParams::source(model)?;
+        for (layer, (mean, var)) in discovery.layers.iter().zip(&rewritten.outputs) {
+            for (target, output) in [(&layer.mean, mean), (&layer.var, var)] {
+                let value = outputs
+                    .get(output.as_str())
+                    .ok_or_else(|| RuntimeError::Ort(format!("no statistics output `{output}`")))?;
+                let values = value.try_extract_tensor::<f32>()?.1.to_vec();
+                if values.len() != layer.channels {
+                    return Err(RuntimeError::Ort(format!(
+                        "statistics of `{}` have {} values, the layer {} channels",
+                        layer.node,
+                        values.len(),
+                        layer.channels
+                    )));
+                }
+                params.tensors.insert(target.clone(), NormTensor { dims: vec![values.len()], values });
+            }
+        }
+        params.validate_against(model, discovery)?;
+        Ok(params)
     }
 }
 
@@ -298,6 +339,23 @@ impl Runtime {
         let bytes = params.patch_against(&self.source, &self.discovery)?.encode();
         let session = build_session(&self.library, &bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
+    }
+
+    /// The first-batch parameters of a batch of preprocessed inputs (see
+    /// [`OrtLibrary::first_batch_params`]), measured on the source model.
+    pub fn first_batch_params(&self, input: &[f32], batch: usize) -> Result<NormParams, RuntimeError> {
+        let per_sample = self.manifest.sample_elements();
+        if input.len() != batch * per_sample || batch < 2 {
+            return Err(RuntimeError::InputSize {
+                actual: input.len(),
+                expected: batch.max(2) * per_sample,
+                batch,
+                per_sample,
+            });
+        }
+        let mut dims = vec![batch];
+        dims.extend(self.manifest.input.shape.iter().copied());
+        self.library.first_batch_params(&self.source, &self.discovery, &dims, input)
     }
 
     /// A handle that prepares sessions for this runtime on another thread.

@@ -17,6 +17,11 @@ fn sample(id: u8) -> v1::Sample {
     }
 }
 
+/// The batch-end marker of batch `batch` (64 predictions); the outbox assigns its seq.
+fn end(batch: u64) -> v1::BatchEnd {
+    v1::BatchEnd { seq: 0, batch, predicted: 64, initial_statistics: None }
+}
+
 fn held_ids(outbox: &Outbox) -> Vec<u8> {
     outbox
         .pending(0, usize::MAX)
@@ -38,10 +43,10 @@ fn seqs_are_assigned_in_order_and_survive_a_reopen() {
     {
         let db = sled::open(dir.path()).unwrap();
         let outbox = Outbox::open(&db, OutboxLimits::default()).unwrap();
-        let a = outbox.append_batch(vec![sample(1), sample(2)], 1, 64, &[]).unwrap();
+        let a = outbox.append_batch(vec![sample(1), sample(2)], end(1), &[]).unwrap();
         assert_eq!(a.sample_seqs, [Some(1), Some(2)]);
         assert_eq!(a.batch_end_seq, 3);
-        let b = outbox.append_batch(vec![], 2, 64, &[]).unwrap();
+        let b = outbox.append_batch(vec![], end(2), &[]).unwrap();
         assert_eq!(b.batch_end_seq, 4);
         outbox.remove(&[1]).unwrap();
         db.flush().unwrap();
@@ -51,7 +56,7 @@ fn seqs_are_assigned_in_order_and_survive_a_reopen() {
     let seqs: Vec<u64> = outbox.pending(0, usize::MAX).unwrap().iter().map(|e| e.seq()).collect();
     assert_eq!(seqs, [2, 3, 4]);
     assert_eq!(outbox.usage().0, 3);
-    assert_eq!(outbox.append_batch(vec![sample(9)], 3, 64, &[]).unwrap().sample_seqs, [Some(5)], "seqs continue");
+    assert_eq!(outbox.append_batch(vec![sample(9)], end(3), &[]).unwrap().sample_seqs, [Some(5)], "seqs continue");
     assert_eq!(outbox.remove_through(4).unwrap(), 3);
     assert_eq!(outbox.usage().0, 2);
 }
@@ -61,8 +66,8 @@ fn drop_oldest_evicts_the_oldest_samples_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let outbox = Outbox::open(&db, limits(FullPolicy::DropOldest)).unwrap();
-    outbox.append_batch(vec![sample(1), sample(2), sample(3)], 1, 64, &[]).unwrap(); // 4 entries
-    let appended = outbox.append_batch(vec![sample(4), sample(5)], 2, 64, &[]).unwrap(); // needs 3 more
+    outbox.append_batch(vec![sample(1), sample(2), sample(3)], end(1), &[]).unwrap(); // 4 entries
+    let appended = outbox.append_batch(vec![sample(4), sample(5)], end(2), &[]).unwrap(); // needs 3 more
     assert_eq!(appended.dropped, 1);
     assert_eq!(held_ids(&outbox), [2, 3, 4, 5]);
     assert_eq!(outbox.usage().0, 6);
@@ -74,8 +79,8 @@ fn drop_newest_keeps_what_is_held_and_drops_what_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let outbox = Outbox::open(&db, limits(FullPolicy::DropNewest)).unwrap();
-    outbox.append_batch(vec![sample(1), sample(2), sample(3)], 1, 64, &[]).unwrap();
-    let appended = outbox.append_batch(vec![sample(4), sample(5)], 2, 64, &[]).unwrap();
+    outbox.append_batch(vec![sample(1), sample(2), sample(3)], end(1), &[]).unwrap();
+    let appended = outbox.append_batch(vec![sample(4), sample(5)], end(2), &[]).unwrap();
     assert_eq!(appended.sample_seqs, [Some(5), None]);
     assert_eq!(appended.dropped, 1);
     assert_eq!(held_ids(&outbox), [1, 2, 3, 4]);
@@ -87,13 +92,13 @@ fn block_refuses_the_batch_and_stores_nothing_until_there_is_room() {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::open(dir.path()).unwrap();
     let outbox = Outbox::open(&db, limits(FullPolicy::Block)).unwrap();
-    outbox.append_batch(vec![sample(1), sample(2), sample(3)], 1, 64, &[]).unwrap();
-    let refused = outbox.append_batch(vec![sample(4), sample(5)], 2, 64, &[]);
+    outbox.append_batch(vec![sample(1), sample(2), sample(3)], end(1), &[]).unwrap();
+    let refused = outbox.append_batch(vec![sample(4), sample(5)], end(2), &[]);
     assert!(matches!(refused, Err(OutboxError::Full { entries: 4, .. })), "{refused:?}");
     assert_eq!(held_ids(&outbox), [1, 2, 3]);
     assert_eq!(outbox.last_seq().unwrap(), 4, "no seq consumed by the refused batch");
     outbox.remove(&[1, 2]).unwrap();
-    let appended = outbox.append_batch(vec![sample(4), sample(5)], 2, 64, &[]).unwrap();
+    let appended = outbox.append_batch(vec![sample(4), sample(5)], end(2), &[]).unwrap();
     assert_eq!(appended.sample_seqs, [Some(5), Some(6)]);
     assert_eq!(outbox.drops(), 0);
 }

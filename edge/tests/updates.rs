@@ -74,6 +74,8 @@ fn updates_apply_exactly_and_invalid_ones_are_refused() {
         device_id: "cam".into(),
         selector: Preset::Reference.config(),
         compress: false,
+        float_encoding: cema_core::Encoding::F16,
+        stats_init: cema_core::StatsInit::Source,
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
     };

@@ -117,6 +117,17 @@ pub fn norm_params_from_wire(params: v1::NormParams) -> Result<NormParams, Conve
     Ok(NormParams { version: params.version, tensors })
 }
 
+/// Encodes batch statistics (running-mean and running-variance tensors) for the wire.
+pub fn statistics_to_wire(statistics: &NormParams, samples: u32) -> v1::NormStatistics {
+    v1::NormStatistics { tensors: norm_params_to_wire(statistics, "").tensors, samples }
+}
+
+/// Reads wire statistics into named tensors (version 0). Byte lengths are checked here; which
+/// tensors must be present, and their values, by [`NormParams::validate_statistics`].
+pub fn statistics_from_wire(statistics: v1::NormStatistics) -> Result<NormParams, ConvertError> {
+    norm_params_from_wire(v1::NormParams { version: 0, scope: String::new(), tensors: statistics.tensors })
+}
+
 /// The manifest summary both sides compare at registration.
 pub fn manifest_summary(manifest: &Manifest) -> v1::ManifestSummary {
     v1::ManifestSummary {

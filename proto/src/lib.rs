@@ -10,6 +10,7 @@ mod convert;
 
 pub use convert::{
     ConvertError, manifest_summary, norm_params_from_wire, norm_params_to_wire, sample_from_wire, sample_to_wire,
+    statistics_from_wire, statistics_to_wire,
 };
 
 /// Generated messages and service stubs of package `cema.v1`.

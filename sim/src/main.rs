@@ -92,7 +92,8 @@ struct DemoArgs {
 struct EvalArgs {
     #[command(flatten)]
     common: Common,
-    /// Methods, comma-separated (also available: random-half, a uniform random 50% subsample).
+    /// Methods, comma-separated (also available: random-half, a uniform random 50% subsample;
+    /// cema-first-batch, cema-reference with first-batch statistics).
     #[arg(long, default_value = "none,bn-stats,upload-all,eata-select,cema-reference,cema-paper")]
     methods: String,
     /// Protocols, comma-separated: independent, continual.
@@ -251,7 +252,8 @@ fn edge_spec(
 fn cloud_config(student: &Path, foundation: &Path) -> String {
     format!(
         "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
-         [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n",
+         [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n\n\
+         [models.cemafb]\nedge = {s:?}\nfoundation = {f:?}\n[models.cemafb.adapt]\nstats_init = \"first_batch\"\n",
         s = student.display().to_string(),
         f = foundation.display().to_string()
     )
@@ -449,10 +451,13 @@ fn method_setup(method: &str, selector: &str) -> Result<(Vec<String>, &'static s
         "eata-select" => (s(&["--preset", "eata-select", "--d-margin", "raw:0.05"]), "cema"),
         "cema-reference" => (s(&["--preset", "reference"]), "cema"),
         "cema-paper" => (s(&["--preset", "paper"]), "cema"),
+        // cema-reference with both models' running statistics taken from the first batch each
+        // sees (the edge's before it serves it): the reference code's `stats_init`.
+        "cema-first-batch" => (s(&["--preset", "reference", "--stats-init", "first_batch"]), "cemafb"),
         // A uniform random half of the samples: what a selection rule must beat at its budget.
         "random-half" => (s(&["--preset", "upload-all", "--random-fraction", "0.5"]), "cema"),
         other => bail!(
-            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper or random-half"
+            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch or random-half"
         ),
     };
     let inherited = if base.starts_with("cema-") { selector } else { "" };

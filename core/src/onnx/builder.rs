@@ -118,7 +118,7 @@ impl GraphBuilder {
     }
 }
 
-fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     let dim = dims
         .iter()
         .map(|d| tensor_shape_proto::Dimension {
@@ -142,7 +142,7 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     }
 }
 
-fn attribute(name: &str, value: &Attr) -> AttributeProto {
+pub(crate) fn attribute(name: &str, value: &Attr) -> AttributeProto {
     let mut attr = AttributeProto { name: Some(name.to_owned()), ..AttributeProto::default() };
     match value {
         Attr::Int(v) => {

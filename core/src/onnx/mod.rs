@@ -1,16 +1,19 @@
 //! ONNX models as protobuf messages: decoding with clear errors, canonical encoding,
-//! fingerprints, f32 tensor access and a small graph builder.
+//! fingerprints, f32 tensor access, a small graph builder, and the rewrite that measures
+//! first-batch normalisation statistics forward-only.
 //!
 //! The message types in [`pb`] are generated from the full `onnx-ml.proto` (ONNX 1.23), not
 //! a subset: prost drops fields it does not know, so a subset would make decode → encode
 //! lossy for models that use them.
 
 mod builder;
+mod first_batch;
 pub mod generate;
 mod model;
 mod tensor;
 
 pub use builder::{Attr, GraphBuilder};
+pub use first_batch::{StatisticsModel, first_batch_statistics_model};
 pub use model::{ModelError, ModelFingerprint, OnnxModel};
 pub use tensor::{TensorError, f32_le_bytes, f32_tensor, read_f32};
 

@@ -47,9 +47,14 @@ pub(crate) fn cloud_with_devices(
     (CloudProcess::start(bins, data, config).unwrap(), tokens)
 }
 
-/// A gRPC client that sends `token`.
+/// A gRPC client of a cloud process.
 pub(crate) async fn client(cloud: &CloudProcess) -> CemaClient<Channel> {
-    CemaClient::connect(format!("http://{}", cloud.grpc)).await.unwrap()
+    connect(&format!("http://{}", cloud.grpc)).await
+}
+
+/// A gRPC client of the cloud at `endpoint` (`http://host:port`).
+pub(crate) async fn connect(endpoint: &str) -> CemaClient<Channel> {
+    CemaClient::connect(endpoint.to_owned()).await.unwrap()
 }
 
 /// Adds the bearer token to a request.
