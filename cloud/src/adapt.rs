@@ -11,7 +11,7 @@
 use burn::Tensor;
 use cema_compute::loss::{DistillWeights, distillation, weighted_entropy};
 use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values};
-use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
+use cema_core::{Manifest, NormDiscovery, NormParams, OnnxModel, SampleValues};
 use serde::Deserialize;
 
 pub use cema_core::StatsInit;
@@ -25,6 +25,20 @@ pub enum CloudMethod {
     Cema,
     /// Only the edge model's running statistics follow the uploads (no gradient step).
     BnStats,
+}
+
+/// Where the edge model's running statistics come from between first-batch initialisation
+/// and the end of the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum StudentStatistics {
+    /// TBR's momentum update in each distillation step, from the uploaded (and replayed)
+    /// samples: cema-spec.
+    #[default]
+    Uploads,
+    /// The statistics each edge measured on every sample of a batch (the statistics uplink),
+    /// by TBR's momentum per batch; distillation trains γ and β only.
+    Edge,
 }
 
 /// Hyperparameters of the cloud step (defaults: the reference code's).
@@ -61,6 +75,12 @@ pub struct AdaptConfig {
     pub e_max_frac: f64,
     /// Where running statistics start.
     pub stats_init: StatsInit,
+    /// Where the edge model's running statistics come from afterwards.
+    pub student_statistics: StudentStatistics,
+    /// With `student_statistics = "edge"`: the weight of each edge batch's statistics in the
+    /// running ones (`None`: TBR's, 1 − the layer's ONNX momentum, 0.1 by default). Larger
+    /// follows a shift faster.
+    pub edge_statistics_weight: Option<f64>,
 }
 
 impl Default for AdaptConfig {
@@ -81,6 +101,8 @@ impl Default for AdaptConfig {
             temperature: 1.0,
             e_max_frac: 0.4,
             stats_init: StatsInit::Source,
+            student_statistics: StudentStatistics::Uploads,
+            edge_statistics_weight: None,
         }
     }
 }
@@ -110,6 +132,11 @@ impl AdaptConfig {
             if !(value.is_finite() && value >= 0.0) {
                 problems.push(format!("{key} must be a finite number ≥ 0, found {value}"));
             }
+        }
+        if let Some(w) = self.edge_statistics_weight
+            && !(w > 0.0 && w <= 1.0)
+        {
+            problems.push(format!("edge_statistics_weight must be in (0, 1], found {w}"));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             problems.push(format!("temperature must be > 0, found {}", self.temperature));
@@ -156,6 +183,7 @@ pub struct DistillReport {
 /// Both models of one model id, loaded once.
 pub struct Adapter {
     student: Graph,
+    student_discovery: NormDiscovery,
     foundation: Graph,
     student_manifest: Manifest,
     foundation_manifest: Manifest,
@@ -204,6 +232,7 @@ impl Adapter {
         };
         let e_max = config.e_max_frac * (student.1.num_classes() as f64).ln();
         Ok(Self {
+            student_discovery: NormDiscovery::of(student.0),
             student: student_graph,
             foundation: foundation_graph,
             student_manifest: student.1.clone(),
@@ -260,7 +289,10 @@ impl Adapter {
         let input = self.input(&self.student_manifest, samples)?;
         let graph = &mut self.student;
         graph.load_norm_params(&state.student).map_err(|e| e.to_string())?;
-        let first = self.config.stats_init == StatsInit::FirstBatch && !state.student_stats_set;
+        // With the statistics uplink the edge model's statistics come from the edges alone.
+        let first = self.config.student_statistics == StudentStatistics::Uploads
+            && self.config.stats_init == StatsInit::FirstBatch
+            && !state.student_stats_set;
         let mut sgd = Sgd::new(self.config.lr_student, self.config.momentum);
         sgd.restore_velocity(graph, &state.student_velocity).map_err(|e| e.to_string())?;
         let forward = graph.forward(input, tbr_mode(first)).map_err(|e| e.to_string())?;
@@ -281,8 +313,10 @@ impl Adapter {
             sample_kl: values(loss.sample_kl.clone()),
         };
         sgd.step(graph, &loss.total.backward());
-        follow_statistics(graph, first, &forward.batch_stats);
-        state.student_stats_set |= first;
+        if self.config.student_statistics == StudentStatistics::Uploads {
+            follow_statistics(graph, first, &forward.batch_stats);
+            state.student_stats_set |= first;
+        }
         state.student = graph.norm_params(state.student.version);
         state.student_velocity = sgd.velocity(graph);
         Ok(report)
@@ -300,6 +334,15 @@ impl Adapter {
         state.student.version = version;
         state.student_stats_set = true;
         true
+    }
+
+    /// Moves the scope's edge-model running statistics towards one batch's statistics measured
+    /// on the edge (`running ← m·running + (1 − m)·batch`, each layer's ONNX momentum `m`, or
+    /// `1 − edge_statistics_weight`).
+    pub fn follow_edge_statistics(&self, state: &mut ScopeState, statistics: &NormParams) {
+        let weight = self.config.edge_statistics_weight.map(|w| w as f32);
+        state.student.follow_statistics(statistics, &self.student_discovery, weight);
+        state.student_stats_set = true;
     }
 
     /// The `bn-stats` baseline: the edge model's running statistics take a TBR momentum

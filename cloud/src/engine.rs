@@ -18,7 +18,7 @@ use cema_proto::v1;
 use cema_shift::rng::Rng;
 use tokio::sync::watch;
 
-use crate::adapt::{AdaptConfig, Adapter, CloudMethod, DistillReport, ScopeState};
+use crate::adapt::{AdaptConfig, Adapter, CloudMethod, DistillReport, ScopeState, StudentStatistics};
 use crate::metrics::Metrics;
 use crate::store::{Commit, QueueEntry, ScopeMeta, Store, StoreError};
 
@@ -304,33 +304,12 @@ impl Engine {
         }
         if samples.len() >= config.cloud_batch {
             let new = &samples[..config.cloud_batch];
-            let decoded = decode_all(&handle.model, new.iter().map(|(_, e)| e))?;
             commit.consumed = new.iter().map(|(k, _)| *k).collect();
             state.student.version = meta.version + 1;
-            match config.method {
-                CloudMethod::Cema => {
-                    let refs: Vec<&SampleValues> = decoded.iter().collect();
-                    let lf = adapter.foundation_step(&mut state, &refs)?;
-                    self.metrics.foundation_loss.set(lf as f64);
-                    let replayed = if meta.replay_len() >= config.replay_min as u64 {
-                        self.replay(scope, &meta, config.replay_draw, &handle.model, state.student.version)?
-                    } else {
-                        Vec::new()
-                    };
-                    let mut all: Vec<&SampleValues> = decoded.iter().collect();
-                    all.extend(replayed.iter());
-                    let report = adapter.distill_step(&mut state, &all)?;
-                    self.record_step(scope, state.student.version, Some(lf), &report);
-                }
-                CloudMethod::BnStats => {
-                    let refs: Vec<&SampleValues> = decoded.iter().collect();
-                    adapter.statistics_step(&mut state, &refs)?;
-                }
-            }
+            self.step(scope, handle, adapter, &meta, new, &mut state)?;
             if samples.len() - config.cloud_batch < config.cloud_batch {
                 commit.marker = Some(marker);
             }
-            commit.state = Some(state);
             commit.stepped = true;
         } else {
             // This marker triggered no step (it would have been removed with the last one).
@@ -342,15 +321,31 @@ impl Engine {
                 let report = adapter.distill_step(&mut state, &refs)?;
                 self.record_step(scope, state.student.version, None, &report);
                 self.metrics.replay_only_steps.inc();
-                commit.state = Some(state);
                 commit.stepped = true;
             }
             commit.marker = Some(marker);
         }
+        // A batch's statistics count once: in the round that completes its marker.
+        if commit.marker.is_some()
+            && config.student_statistics == StudentStatistics::Edge
+            && let Some(statistics) = &marker_entry.batch_statistics
+        {
+            let statistics = handle.model.check_statistics(statistics)?;
+            if !commit.stepped {
+                state.student.version = meta.version + 1;
+            }
+            adapter.follow_edge_statistics(&mut state, &statistics);
+            self.metrics.edge_statistics_batches.inc();
+            commit.new_version = true;
+        }
+        commit.new_version |= commit.stepped;
+        if commit.new_version {
+            commit.state = Some(state);
+        }
         let published_params = commit
             .state
             .as_ref()
-            .filter(|_| commit.stepped)
+            .filter(|_| commit.new_version)
             .map(|s| cema_proto::norm_params_to_wire(&s.student, scope));
         let meta = self.store.commit(scope, &commit, handle.model.keep_versions).map_err(|e| e.to_string())?;
         if commit.stepped {
@@ -360,6 +355,39 @@ impl Engine {
         self.metrics.replay_samples.set(meta.replay_len() as f64);
         self.publish(handle, &meta, published_params);
         Ok(true)
+    }
+
+    /// The step on `cloud_batch` new samples: foundation step and distillation with replay
+    /// (CEMA), or the running-statistics update (`bn-stats`).
+    fn step(
+        &self,
+        scope: &str,
+        handle: &ScopeHandle,
+        adapter: &mut Adapter,
+        meta: &ScopeMeta,
+        new: &[(u64, QueueEntry)],
+        state: &mut ScopeState,
+    ) -> Result<(), String> {
+        let config = adapter.config().clone();
+        let decoded = decode_all(&handle.model, new.iter().map(|(_, e)| e))?;
+        let refs: Vec<&SampleValues> = decoded.iter().collect();
+        match config.method {
+            CloudMethod::Cema => {
+                let lf = adapter.foundation_step(state, &refs)?;
+                self.metrics.foundation_loss.set(lf as f64);
+                let replayed = if meta.replay_len() >= config.replay_min as u64 {
+                    self.replay(scope, meta, config.replay_draw, &handle.model, state.student.version)?
+                } else {
+                    Vec::new()
+                };
+                let mut all = refs;
+                all.extend(replayed.iter());
+                let report = adapter.distill_step(state, &all)?;
+                self.record_step(scope, state.student.version, Some(lf), &report);
+            }
+            CloudMethod::BnStats => adapter.statistics_step(state, &refs)?,
+        }
+        Ok(())
     }
 
     /// Metrics and one structured log line per distillation step (`CEMA_LOG=debug`): the loss

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub distill_sample_kl_max: Gauge,
     /// Scopes whose edge-model statistics were taken from an edge's first batch.
     pub edge_statistics_adopted: Counter,
+    /// Batch statistics from edges applied to a scope's edge model (statistics uplink).
+    pub edge_statistics_batches: Counter,
 }
 
 impl Metrics {
@@ -189,6 +191,12 @@ impl Metrics {
             "counter",
             "Scopes whose edge-model statistics came from an edge's first batch.",
             self.edge_statistics_adopted.get() as f64,
+        );
+        metric(
+            "cema_cloud_edge_statistics_batches_total",
+            "counter",
+            "Edge batch statistics applied (statistics uplink).",
+            self.edge_statistics_batches.get() as f64,
         );
         metric("cema_cloud_scopes", "gauge", "Adaptation scopes in memory.", scopes as f64);
         metric("cema_cloud_watchers", "gauge", "Connected parameter watchers.", watchers as f64);

@@ -109,7 +109,20 @@ impl CloudService {
                     Status::invalid_argument(format!("batch end {}: first-batch statistics: {e}", end.seq)),
                 ));
             }
-            entries.push(Incoming::BatchEnd { seq: end.seq, batch: end.batch, statistics: end.initial_statistics });
+            if let Some(statistics) = &end.batch_statistics
+                && let Err(e) = model.check_statistics(statistics)
+            {
+                return Err(self.refuse(
+                    "invalid_statistics",
+                    Status::invalid_argument(format!("batch end {}: batch statistics: {e}", end.seq)),
+                ));
+            }
+            entries.push(Incoming::BatchEnd {
+                seq: end.seq,
+                batch: end.batch,
+                statistics: end.initial_statistics,
+                batch_statistics: end.batch_statistics,
+            });
         }
         Ok(entries)
     }

@@ -118,6 +118,9 @@ pub struct QueueEntry {
     /// A marker's first-batch statistics, if the edge initialised from that batch.
     #[prost(message, optional, tag = "4")]
     pub statistics: Option<v1::NormStatistics>,
+    /// A marker's batch statistics, if the edge runs the statistics uplink.
+    #[prost(message, optional, tag = "5")]
+    pub batch_statistics: Option<v1::NormStatistics>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -154,6 +157,8 @@ pub enum Incoming {
         batch: u64,
         /// First-batch statistics the edge initialised from (validated at ingest).
         statistics: Option<v1::NormStatistics>,
+        /// The batch's statistics over every sample (validated at ingest).
+        batch_statistics: Option<v1::NormStatistics>,
     },
 }
 
@@ -186,11 +191,14 @@ pub struct Commit {
     pub consumed: Vec<u64>,
     /// A processed marker: its queue key, device and batch index.
     pub marker: Option<(u64, String, u64)>,
-    /// The new state, if it changed. With `stepped` its `student.version` is a new version,
-    /// stored for watchers; without, only the state is stored (edge statistics adopted).
+    /// The new state, if it changed. With `new_version` its `student.version` is a new
+    /// version, stored for watchers; without, only the state is stored (first-batch statistics
+    /// adopted).
     pub state: Option<ScopeState>,
     /// Whether a step ran (counted in the scope's meta).
     pub stepped: bool,
+    /// Whether `state` is a new version for watchers (a step, or statistics from the edge).
+    pub new_version: bool,
 }
 
 /// One acknowledged ingest, as the write-ahead log holds it.
@@ -216,13 +224,20 @@ struct WalEntry {
     batch: u64,
     #[prost(message, optional, tag = "4")]
     statistics: Option<v1::NormStatistics>,
+    #[prost(message, optional, tag = "5")]
+    batch_statistics: Option<v1::NormStatistics>,
 }
 
 impl From<WalEntry> for Incoming {
     fn from(e: WalEntry) -> Self {
         match e.sample {
             Some(input) => Incoming::Sample { seq: e.seq, input },
-            None => Incoming::BatchEnd { seq: e.seq, batch: e.batch, statistics: e.statistics },
+            None => Incoming::BatchEnd {
+                seq: e.seq,
+                batch: e.batch,
+                statistics: e.statistics,
+                batch_statistics: e.batch_statistics,
+            },
         }
     }
 }
@@ -231,11 +246,15 @@ impl From<&Incoming> for WalEntry {
     fn from(e: &Incoming) -> Self {
         match e {
             Incoming::Sample { seq, input } => {
-                WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0, statistics: None }
+                WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0, statistics: None, batch_statistics: None }
             }
-            Incoming::BatchEnd { seq, batch, statistics } => {
-                WalEntry { seq: *seq, sample: None, batch: *batch, statistics: statistics.clone() }
-            }
+            Incoming::BatchEnd { seq, batch, statistics, batch_statistics } => WalEntry {
+                seq: *seq,
+                sample: None,
+                batch: *batch,
+                statistics: statistics.clone(),
+                batch_statistics: batch_statistics.clone(),
+            },
         }
     }
 }
@@ -495,20 +514,16 @@ impl Store {
                             }
                             meta.queued_samples += 1;
                             outcome.samples += 1;
-                            QueueEntry {
-                                sample: Some(input.clone()),
-                                device: String::new(),
-                                batch: 0,
-                                statistics: None,
-                            }
+                            QueueEntry { sample: Some(input.clone()), ..QueueEntry::default() }
                         }
-                        Incoming::BatchEnd { batch, statistics, .. } => {
+                        Incoming::BatchEnd { batch, statistics, batch_statistics, .. } => {
                             outcome.batch_ends += 1;
                             QueueEntry {
                                 sample: None,
                                 device: device.to_owned(),
                                 batch: *batch,
                                 statistics: statistics.clone(),
+                                batch_statistics: batch_statistics.clone(),
                             }
                         }
                     };
@@ -598,7 +613,7 @@ impl Store {
                 if let Some(state) = &state_bytes {
                     states.insert(scope, state.as_slice())?;
                 }
-                if let (true, Some((version, params))) = (commit.stepped, &version_bytes) {
+                if let (true, Some((version, params))) = (commit.new_version, &version_bytes) {
                     versions.insert(key(scope, *version), params.as_slice())?;
                     if *version > keep_versions {
                         versions.remove(key(scope, version - keep_versions))?;

@@ -1,5 +1,6 @@
 //! The adaptation engine over a real sled store: replay bound, the 256 threshold, replay-only
-//! steps, versions, and that a distillation step moves the edge model towards the teacher.
+//! steps, versions, that a distillation step moves the edge model towards the teacher, and
+//! that with the statistics uplink the edge model's running statistics follow the edges'.
 #![allow(clippy::unwrap_used)] // a failing test should panic where it fails
 
 mod support;
@@ -7,7 +8,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cema_cloud::adapt::{AdaptConfig, Adapter};
+use cema_cloud::adapt::{AdaptConfig, Adapter, StudentStatistics};
 use cema_cloud::engine::{Engine, ScopeKind, draw_without_replacement};
 use cema_cloud::metrics::Metrics;
 use cema_cloud::store::{Incoming, Store};
@@ -23,6 +24,18 @@ struct Feed {
 impl Feed {
     /// Stores `samples` new samples and a batch-end marker for `batch`.
     fn batch(&mut self, store: &Store, samples: usize, batch: u64, capacity: u64) {
+        self.batch_with(store, samples, batch, capacity, None);
+    }
+
+    /// The same, the marker carrying the batch's statistics.
+    fn batch_with(
+        &mut self,
+        store: &Store,
+        samples: usize,
+        batch: u64,
+        capacity: u64,
+        batch_statistics: Option<cema_proto::v1::NormStatistics>,
+    ) {
         let mut entries = Vec::new();
         for _ in 0..samples {
             self.seq += 1;
@@ -30,9 +43,32 @@ impl Feed {
             entries.push(Incoming::Sample { seq: self.seq, input: support::image(self.image) });
         }
         self.seq += 1;
-        entries.push(Incoming::BatchEnd { seq: self.seq, batch, statistics: None });
+        entries.push(Incoming::BatchEnd { seq: self.seq, batch, statistics: None, batch_statistics });
         store.ingest("d1", SCOPE, &entries, capacity).unwrap();
     }
+}
+
+/// A tiny-model engine on a fresh sled store with one device scope being watched.
+type Started = (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Store,
+    Arc<Metrics>,
+    Arc<Engine>,
+    tokio::sync::watch::Receiver<cema_cloud::engine::Published>,
+);
+
+fn started(adapt: AdaptConfig) -> Started {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, foundation) = support::tiny_models(dir.path());
+    let model = support::entry(&student, &foundation, adapt, ScopeKind::Device);
+    let db = sled::open(dir.path().join("state")).unwrap();
+    let store = Store::open(&db).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (engine, _threads) = Engine::start(store.clone(), vec![model], 1, Arc::clone(&metrics)).unwrap();
+    let model = engine.model("default").unwrap();
+    let watch = engine.subscribe(SCOPE, &model).unwrap();
+    (dir, student, store, metrics, engine, watch)
 }
 
 /// Waits until the engine has published the processing of `batch` (the last thing it does
@@ -47,16 +83,8 @@ fn wait_through(watch: &tokio::sync::watch::Receiver<cema_cloud::engine::Publish
 
 #[test]
 fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
-    let dir = tempfile::tempdir().unwrap();
-    let (student, foundation) = support::tiny_models(dir.path());
-    let adapt = AdaptConfig { replay_capacity: 400, ..AdaptConfig::default() };
-    let model = support::entry(&student, &foundation, adapt, ScopeKind::Device);
-    let db = sled::open(dir.path().join("state")).unwrap();
-    let store = Store::open(&db).unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let (engine, _threads) = Engine::start(store.clone(), vec![model.clone()], 1, Arc::clone(&metrics)).unwrap();
-    let model = engine.model("default").unwrap();
-    let watch = engine.subscribe(SCOPE, &model).unwrap();
+    let (_dir, _, store, metrics, engine, watch) =
+        started(AdaptConfig { replay_capacity: 400, ..AdaptConfig::default() });
     let mut feed = Feed { seq: 0, image: 0 };
 
     // 20 queued < 32: no step; replay 20 ≤ 256: no replay-only step.
@@ -169,4 +197,63 @@ fn distillation_steps_on_shifted_data_lower_the_students_kl_to_the_foundation() 
     let after = kl(&mut adapter, &state);
     assert!(after < before, "KL(teacher ‖ student) {before} → {after}");
     assert_ne!(cema_core::NormParams::source(&s).unwrap().tensors, state.student.tensors, "γ/β moved");
+}
+
+#[test]
+fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
+    let (_dir, student, store, metrics, engine, watch) =
+        started(AdaptConfig { student_statistics: StudentStatistics::Edge, ..AdaptConfig::default() });
+    let mut feed = Feed { seq: 0, image: 0 };
+    let onnx = OnnxModel::load(&student).unwrap();
+    let discovery = cema_core::NormDiscovery::of(&onnx);
+    let source = cema_core::NormParams::source(&onnx).unwrap();
+    let mut statistics = source.statistics(&discovery);
+    statistics.tensors.values_mut().for_each(|t| t.values.iter_mut().for_each(|v| *v = v.abs() + 1.0));
+    let wire = cema_proto::statistics_to_wire(&statistics, 64);
+
+    // No samples, only statistics: a new version whose running statistics moved by momentum
+    // 0.1 towards the batch's, γ and β untouched, no step.
+    feed.batch_with(&store, 0, 1, 10_000, Some(wire.clone()));
+    engine.schedule(SCOPE);
+    wait_through(&watch, 1);
+    assert_eq!((metrics.steps.get(), metrics.edge_statistics_batches.get()), (0, 1));
+    let published = watch.borrow().clone();
+    assert_eq!(published.version, 1);
+    let params = cema_proto::norm_params_from_wire((*published.params.unwrap()).clone()).unwrap();
+    for layer in &discovery.layers {
+        for name in [&layer.mean, &layer.var] {
+            for ((after, before), batch) in params.tensors[name]
+                .values
+                .iter()
+                .zip(&source.tensors[name].values)
+                .zip(&statistics.tensors[name].values)
+            {
+                let expected = 0.9 * before + 0.1 * batch;
+                assert!((after - expected).abs() <= 1e-6 * expected.abs().max(1.0), "{name}: {after} vs {expected}");
+            }
+        }
+        assert_eq!(params.tensors[&layer.scale], source.tensors[&layer.scale], "γ moved without a step");
+    }
+
+    // 40 samples and statistics: one step (version 2) trains γ/β; the running statistics
+    // moved by the batch's statistics only, not by the uploaded samples.
+    let before = params;
+    feed.batch_with(&store, 40, 2, 10_000, Some(wire));
+    engine.schedule(SCOPE);
+    wait_through(&watch, 2);
+    assert_eq!((metrics.steps.get(), metrics.edge_statistics_batches.get()), (1, 2));
+    let published = watch.borrow().clone();
+    assert_eq!(published.version, 2);
+    let params = cema_proto::norm_params_from_wire((*published.params.unwrap()).clone()).unwrap();
+    let layer = &discovery.layers[0];
+    for ((after, before), batch) in params.tensors[&layer.mean]
+        .values
+        .iter()
+        .zip(&before.tensors[&layer.mean].values)
+        .zip(&statistics.tensors[&layer.mean].values)
+    {
+        let expected = 0.9 * before + 0.1 * batch;
+        assert!((after - expected).abs() <= 1e-6 * expected.abs().max(1.0), "mean: {after} vs {expected}");
+    }
+    assert_ne!(params.tensors[&layer.scale], before.tensors[&layer.scale], "the step trained γ");
 }

@@ -190,6 +190,23 @@ impl NormParams {
         out
     }
 
+    /// Moves the running means and variances towards one batch's `statistics` by TBR's
+    /// momentum rule, `running ← m·running + (1 − m)·batch` with each layer's ONNX momentum `m`
+    /// (0.9 by default: PyTorch's momentum 0.1), or `1 − weight` when a batch `weight` is
+    /// given. Tensors `statistics` lacks stay as they are.
+    pub fn follow_statistics(&mut self, statistics: &NormParams, discovery: &NormDiscovery, weight: Option<f32>) {
+        for layer in &discovery.layers {
+            let m = weight.map_or(layer.momentum, |w| 1.0 - w);
+            for name in [&layer.mean, &layer.var] {
+                if let (Some(running), Some(batch)) = (self.tensors.get_mut(name), statistics.tensors.get(name)) {
+                    for (r, b) in running.values.iter_mut().zip(&batch.values) {
+                        *r = m * *r + (1.0 - m) * b;
+                    }
+                }
+            }
+        }
+    }
+
     /// Only the running means and variances of the layers of `discovery`.
     pub fn statistics(&self, discovery: &NormDiscovery) -> NormParams {
         let names: Vec<&String> = discovery.layers.iter().flat_map(|l| [&l.mean, &l.var]).collect();

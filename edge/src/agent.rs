@@ -6,12 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cema_core::{Compression, Encoding, SampleValues, StatsInit, codec};
+use cema_core::{Compression, Encoding, NormParams, SampleValues, StatsInit, codec};
 use cema_proto::v1;
 use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::link::{AckedBatches, CloudLink, LinkState, Pending, PendingUpdate};
+use crate::local::LocalAdaptation;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Outbox, OutboxError, OutboxLimits};
 use crate::runtime::{Runtime, RuntimeError};
@@ -46,6 +47,12 @@ pub struct AgentConfig {
     /// Where the served model's running statistics start: `FirstBatch` initialises them on the
     /// edge from the first batch, before serving it, and sends them with that batch's end.
     pub stats_init: StatsInit,
+    /// Send each batch's statistics, measured on every sample, with its batch end (the
+    /// statistics uplink: the cloud can follow the edge's input distribution from all of it).
+    pub uplink_statistics: bool,
+    /// Edge-local adaptation: follow the edge's own statistics, applying them every this many
+    /// batches, and upload no samples. `None`: adaptation comes from the cloud.
+    pub local_every: Option<u64>,
     /// Outbox bounds and policy.
     pub outbox: OutboxLimits,
     /// Pacing.
@@ -100,6 +107,8 @@ pub struct Agent {
     outbox_changed: Arc<Notify>,
     metrics: Arc<EdgeMetrics>,
     applied: Arc<AtomicU64>,
+    /// Edge-local adaptation, when configured.
+    local: Option<LocalAdaptation>,
     /// Whether the serving parameters are the model's own, untouched (no update applied, no
     /// first-batch initialisation): what `stats_init = first_batch` waits for.
     serving_source: bool,
@@ -115,6 +124,9 @@ impl Agent {
     /// Opens the agent over `db` (its state: outbox, selector, applied parameters) and resumes
     /// where a previous run stopped, adapted parameters included.
     pub fn open(mut runtime: Runtime, db: &sled::Db, config: AgentConfig) -> Result<Self, AgentError> {
+        if config.uplink_statistics || config.local_every.is_some() {
+            runtime.observe_statistics()?;
+        }
         let outbox = Arc::new(Outbox::open(db, config.outbox)?);
         let meta = outbox.meta();
         let state_err = |e: &dyn std::fmt::Display| AgentError::State(e.to_string());
@@ -125,13 +137,18 @@ impl Agent {
         let batch_index = meta.get(BATCH_KEY).map_err(|e| state_err(&e))?.map(|v| be_u64(&v)).unwrap_or(0);
         let applied = meta.get(APPLIED_KEY).map_err(|e| state_err(&e))?;
         let serving_source = applied.is_none();
-        if let Some(bytes) = applied {
-            let wire = v1::NormParams::decode(bytes.as_ref()).map_err(|e| state_err(&e))?;
-            let params = cema_proto::norm_params_from_wire(wire).map_err(|e| state_err(&e))?;
-            let prepared = runtime.prepare(&params)?;
-            runtime.swap(prepared);
-            tracing::info!(version = params.version, "resumed with adapted parameters");
-        }
+        let serving = match applied {
+            Some(bytes) => {
+                let wire = v1::NormParams::decode(bytes.as_ref()).map_err(|e| state_err(&e))?;
+                let params = cema_proto::norm_params_from_wire(wire).map_err(|e| state_err(&e))?;
+                let prepared = runtime.prepare(&params)?;
+                runtime.swap(prepared);
+                tracing::info!(version = params.version, "resumed with adapted parameters");
+                params
+            }
+            None => NormParams::source(runtime.source()).map_err(RuntimeError::from)?,
+        };
+        let local = config.local_every.map(|every| LocalAdaptation::new(serving, every));
         let classes = runtime.manifest().num_classes();
         let metrics = Arc::new(EdgeMetrics::default());
         metrics.params_version.store(runtime.version(), Ordering::Relaxed);
@@ -148,6 +165,7 @@ impl Agent {
             link,
             outbox_changed: Arc::new(Notify::new()),
             metrics,
+            local,
             serving_source,
         })
     }
@@ -229,6 +247,9 @@ impl Agent {
         self.outbox.meta().remove(APPLIED_KEY).map_err(|e| AgentError::State(e.to_string()))?;
         self.runtime.swap(source);
         self.serving_source = true;
+        if let Some(local) = &mut self.local {
+            local.restart(NormParams::source(self.runtime.source()).map_err(RuntimeError::from)?);
+        }
         self.applied.store(0, Ordering::Release);
         Ok(())
     }
@@ -264,7 +285,11 @@ impl Agent {
         let prediction = self.runtime.predict(&input, samples.len())?;
         self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let select_started = Instant::now();
-        let selection = self.selector.select(&prediction.entropy, &prediction.probs);
+        let mut selection = self.selector.select(&prediction.entropy, &prediction.probs);
+        if self.local.is_some() {
+            // Edge-local adaptation uploads nothing.
+            selection.keep.iter_mut().for_each(|k| *k = false);
+        }
         self.metrics.select_us.fetch_add(select_started.elapsed().as_micros() as u64, Ordering::Relaxed);
 
         let shape: Vec<u64> = self.runtime.manifest().input.shape.iter().map(|&d| d as u64).collect();
@@ -291,13 +316,24 @@ impl Agent {
         let batch = self.batch_index + 1;
         let state = serde_json::to_vec(self.selector.state()).map_err(|e| AgentError::State(e.to_string()))?;
         let mut extra = vec![(SELECTOR_KEY, state), (BATCH_KEY, batch.to_be_bytes().to_vec())];
-        let mut end = v1::BatchEnd { seq: 0, batch, predicted: samples.len() as u32, initial_statistics: None };
+        let mut end = v1::BatchEnd { batch, predicted: samples.len() as u32, ..v1::BatchEnd::default() };
         if let Some(params) = &first_batch {
             // The parameters served from now on and the statistics the cloud adopts are stored
             // with the batch, atomically: a crash before this point re-initialises.
             extra.push((APPLIED_KEY, cema_proto::norm_params_to_wire(params, "").encode_to_vec()));
             let statistics = params.statistics(self.runtime.discovery());
             end.initial_statistics = Some(cema_proto::statistics_to_wire(&statistics, samples.len() as u32));
+            if let Some(local) = &mut self.local {
+                local.restart(params.clone());
+            }
+        }
+        if let Some(statistics) = &prediction.statistics {
+            if self.config.uplink_statistics {
+                end.batch_statistics = Some(cema_proto::statistics_to_wire(statistics, samples.len() as u32));
+            }
+            if let Some(params) = self.local_step(statistics)? {
+                extra.push((APPLIED_KEY, params));
+            }
         }
         let appended = self.outbox.append_batch(selected, end, &extra)?;
         self.batch_index = batch;
@@ -325,7 +361,7 @@ impl Agent {
     /// batch's statistics forward-only, swaps in a session that uses them, and returns the
     /// parameters (stored with the batch by the caller). A batch of one sample has no variance
     /// and serves with the source statistics; the next batch tries again.
-    fn first_batch_init(&mut self, input: &[f32], batch: usize) -> Result<Option<cema_core::NormParams>, AgentError> {
+    fn first_batch_init(&mut self, input: &[f32], batch: usize) -> Result<Option<NormParams>, AgentError> {
         if self.config.stats_init != StatsInit::FirstBatch || !self.serving_source || batch < 2 {
             return Ok(None);
         }
@@ -340,6 +376,19 @@ impl Agent {
             "running statistics initialised from the first batch"
         );
         Ok(Some(params))
+    }
+
+    /// Edge-local adaptation after a batch: follows its statistics and, when due, swaps in the
+    /// result (for the next batch); returns the parameters to store with the batch then.
+    fn local_step(&mut self, statistics: &NormParams) -> Result<Option<Vec<u8>>, AgentError> {
+        let Some(local) = &mut self.local else { return Ok(None) };
+        let Some(params) = local.observe(statistics, self.runtime.discovery()) else { return Ok(None) };
+        let wire = cema_proto::norm_params_to_wire(params, "").encode_to_vec();
+        let prepared = self.runtime.prepare(params)?;
+        self.runtime.swap(prepared);
+        self.serving_source = false;
+        self.metrics.local_applies.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(wire))
     }
 
     /// In lockstep pacing: waits until the cloud has processed every pushed batch and the

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
+use cema_core::onnx::observed_statistics_model;
+use cema_core::{Manifest, NormDiscovery, NormParams, OnnxModel, SampleValues};
 use ort::value::TensorRef;
 
 use crate::agent::{Agent, AgentConfig, Pacing};
@@ -55,20 +56,27 @@ pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, St
     }
 
     // Raw: one ORT session, the same preprocessed batch, Session::run only.
-    let mut session = library.session(&model.encode(), 1).map_err(|e| e.to_string())?;
     let mut dims = vec![batch as i64];
     dims.extend(manifest.input.shape.iter().map(|&d| d as i64));
-    let mut raw_run = || -> Result<(), String> {
-        let tensor = TensorRef::from_array_view((dims.clone(), input.as_slice())).map_err(|e| e.to_string())?;
-        session.run(ort::inputs![manifest.input.name.as_str() => tensor]).map_err(|e| e.to_string())?;
-        Ok(())
+    let timed = |model: &OnnxModel| -> Result<f64, String> {
+        let mut session = library.session(&model.encode(), 1).map_err(|e| e.to_string())?;
+        let mut run = || -> Result<(), String> {
+            let tensor = TensorRef::from_array_view((dims.clone(), input.as_slice())).map_err(|e| e.to_string())?;
+            session.run(ort::inputs![manifest.input.name.as_str() => tensor]).map_err(|e| e.to_string())?;
+            Ok(())
+        };
+        run()?;
+        let t = Instant::now();
+        for _ in 0..batches {
+            run()?;
+        }
+        Ok((batch * batches) as f64 / t.elapsed().as_secs_f64())
     };
-    raw_run()?;
-    let t = Instant::now();
-    for _ in 0..batches {
-        raw_run()?;
-    }
-    let raw_rate = (batch * batches) as f64 / t.elapsed().as_secs_f64();
+    let raw_rate = timed(&model)?;
+    // The same with each normalisation layer's input statistics as extra outputs (the
+    // statistics uplink, edge-local adaptation): what they cost, fusion lost included.
+    let observed = observed_statistics_model(&model, &NormDiscovery::of(&model)).map_err(|e| e.to_string())?;
+    let statistics_vs_raw = timed(&observed.model)? / raw_rate;
 
     // Agent: raw u8 samples → preprocess → predict → select → outbox (sled, flushed).
     let dir = std::env::temp_dir().join(format!("cema-edge-bench-{}", std::process::id()));
@@ -80,6 +88,8 @@ pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, St
         compress: false,
         float_encoding: cema_core::Encoding::F16,
         stats_init: cema_core::StatsInit::Source,
+        uplink_statistics: false,
+        local_every: None,
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
     };
@@ -123,9 +133,10 @@ pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, St
         100.0 * selected
     );
     println!("selection: {:.3}% of inference time", 100.0 * overhead);
+    println!("with per-layer statistics outputs (statistics uplink): {:.1}% of raw", 100.0 * statistics_vs_raw);
     println!("parameter update (validate + patch + session + swap): {swap_ms:.1} ms");
     Ok(format!(
-        "agent_vs_raw={ratio:.3} select_overhead={overhead:.5} swap_ms={swap_ms:.1} peak_rss_mb={:.1} raw_img_per_s={raw_rate:.0} agent_img_per_s={agent_rate:.0}",
+        "agent_vs_raw={ratio:.3} select_overhead={overhead:.5} statistics_vs_raw={statistics_vs_raw:.3} swap_ms={swap_ms:.1} peak_rss_mb={:.1} raw_img_per_s={raw_rate:.0} agent_img_per_s={agent_rate:.0}",
         peak_rss_mb()
     ))
 }

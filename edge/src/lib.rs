@@ -6,16 +6,19 @@
 //! - [`selector`]: which predictions are uploaded (cema-spec's bounds and redundancy filter).
 //! - [`outbox`]: the durable, bounded queue of selected samples and batch-end markers.
 //! - [`link`]: the uploader and the parameter watcher (gRPC, reconnecting).
+//! - [`local`]: edge-local adaptation, following the edge's own input statistics.
 //! - [`agent`]: the loop that ties them together; [`admin`] and [`metrics`] for operations.
 //!
-//! The edge never trains: every parameter change arrives from the cloud as a complete
-//! [`cema_core::NormParams`] version and is applied by rebuilding the session from a patched
-//! model (see [`cema_core::params`] for why patching is the only reliable way).
+//! The edge never trains: parameter changes arrive from the cloud as complete
+//! [`cema_core::NormParams`] versions, or are running statistics measured forward-only (the
+//! first batch's, or edge-local adaptation's), and each is applied by rebuilding the session
+//! from a patched model (see [`cema_core::params`] for why patching is the only reliable way).
 
 pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod link;
+pub mod local;
 pub mod metrics;
 pub mod outbox;
 pub mod runtime;

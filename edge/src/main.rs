@@ -137,6 +137,10 @@ struct RunArgs {
     /// `--preset upload-all`: a random subsample baseline). Default: keep all.
     #[arg(long, env = "CEMA_EDGE_RANDOM_FRACTION")]
     random_fraction: Option<f64>,
+    /// Upload budget: at most this share of each batch, the most uncertain (highest entropy)
+    /// of what the preset keeps. Default: no budget.
+    #[arg(long, env = "CEMA_EDGE_BUDGET")]
+    budget: Option<f64>,
     /// `free` (use what has arrived), `lockstep` (wait for the cloud after each batch) or
     /// `realtime:<images per second>`. Default free.
     #[arg(long, env = "CEMA_EDGE_PACING")]
@@ -152,6 +156,15 @@ struct RunArgs {
     /// (measured on the first batch before serving it, and sent to the cloud with it).
     #[arg(long, env = "CEMA_EDGE_STATS_INIT")]
     stats_init: Option<String>,
+    /// Send each batch's per-layer input statistics, measured on every sample, with its batch
+    /// end (the statistics uplink; the cloud uses them with `student_statistics = "edge"`).
+    #[arg(long, env = "CEMA_EDGE_STATISTICS_UPLINK")]
+    statistics_uplink: Option<bool>,
+    /// `cloud` (default: adaptation comes from the cloud) or `local[:<batches>]`: follow the
+    /// edge's own input statistics, applied every <batches> batches (default 1), with no
+    /// uploads and no cloud needed.
+    #[arg(long, env = "CEMA_EDGE_ADAPT")]
+    adapt: Option<String>,
     /// Upload rate limit, samples per second.
     #[arg(long, env = "CEMA_EDGE_MAX_SAMPLES_PER_S")]
     max_samples_per_s: Option<f64>,
@@ -223,10 +236,13 @@ fn merge(mut args: RunArgs) -> Result<RunArgs> {
         lambda,
         d_margin,
         random_fraction,
+        budget,
         pacing,
         compress,
         upload_encoding,
         stats_init,
+        statistics_uplink,
+        adapt,
         max_samples_per_s,
         outbox_max_mib,
         outbox_max_entries,
@@ -358,6 +374,12 @@ fn selector_config(args: &RunArgs) -> Result<cema_edge::SelectorConfig> {
         }
         config.random_fraction = Some(fraction);
     }
+    if let Some(budget) = args.budget {
+        if !(0.0..=1.0).contains(&budget) {
+            bail!("budget {budget}: use a share between 0 and 1");
+        }
+        config.budget = Some(budget);
+    }
     if let Some(margin) = &args.d_margin {
         use cema_edge::selector::Redundancy;
         let number = |s: &str| s.parse::<f64>().with_context(|| format!("d_margin `{margin}`"));
@@ -411,6 +433,15 @@ fn run(args: RunArgs) -> Result<()> {
             other => bail!("upload_encoding `{other}`: use f16 or f32 (u8 models always upload u8)"),
         },
         stats_init: args.stats_init.as_deref().unwrap_or("source").parse().map_err(anyhow::Error::msg)?,
+        uplink_statistics: args.statistics_uplink.unwrap_or(false),
+        local_every: match args.adapt.as_deref().unwrap_or("cloud") {
+            "cloud" => None,
+            "local" => Some(1),
+            spec => match spec.strip_prefix("local:").and_then(|n| n.parse::<u64>().ok()) {
+                Some(every) if every > 0 => Some(every),
+                _ => bail!("adapt `{spec}`: use cloud, local or local:<batches>"),
+            },
+        },
         outbox: OutboxLimits {
             max_bytes: args.outbox_max_mib.unwrap_or(256) << 20,
             max_entries: args.outbox_max_entries.unwrap_or(1_000_000),

@@ -30,6 +30,8 @@ pub struct EdgeMetrics {
     pub rejected_updates: AtomicU64,
     /// Running-statistics initialisations from a first batch (`stats_init = first_batch`).
     pub first_batch_inits: AtomicU64,
+    /// Edge-local adaptations applied.
+    pub local_applies: AtomicU64,
     /// Microseconds to validate and prepare the last update.
     pub prepare_us: AtomicU64,
     /// Microseconds from the last update's arrival to its swap.
@@ -94,6 +96,7 @@ impl EdgeMetrics {
                 "Running statistics initialised from a first batch.",
                 get(&self.first_batch_inits),
             ),
+            ("cema_edge_local_applies_total", "counter", "Edge-local statistics applied.", get(&self.local_applies)),
             ("cema_edge_prepare_seconds", "gauge", "Validate + build of the last update.", get(&self.prepare_us) / 1e6),
             (
                 "cema_edge_update_to_swap_seconds",

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use cema_core::onnx::first_batch_statistics_model;
+use cema_core::onnx::{first_batch_statistics_model, observed_statistics_model};
 use cema_core::{
     Manifest, ManifestError, ModelError, NormDiscovery, NormParams, NormTensor, OnnxModel, ParamsError, math,
 };
@@ -157,24 +157,8 @@ impl OrtLibrary {
         let input_name = model.input_names().first().map(|n| (*n).to_owned()).unwrap_or_default();
         let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
         let outputs = session.run(ort::inputs![input_name.as_str() => tensor])?;
-        let mut params = NormParams::source(model)?;
-        for (layer, (mean, var)) in discovery.layers.iter().zip(&rewritten.outputs) {
-            for (target, output) in [(&layer.mean, mean), (&layer.var, var)] {
-                let value = outputs
-                    .get(output.as_str())
-                    .ok_or_else(|| RuntimeError::Ort(format!("no statistics output `{output}`")))?;
-                let values = value.try_extract_tensor::<f32>()?.1.to_vec();
-                if values.len() != layer.channels {
-                    return Err(RuntimeError::Ort(format!(
-                        "statistics of `{}` have {} values, the layer {} channels",
-                        layer.node,
-                        values.len(),
-                        layer.channels
-                    )));
-                }
-                params.tensors.insert(target.clone(), NormTensor { dims: vec![values.len()], values });
-            }
-        }
+        let statistics = read_statistics(&outputs, discovery, &rewritten.outputs)?;
+        let params = NormParams::source(model)?.overlaid(&statistics);
         params.validate_against(model, discovery)?;
         Ok(params)
     }
@@ -229,6 +213,9 @@ pub struct Prediction {
     pub class: Vec<usize>,
     /// The parameter version that produced these predictions.
     pub params_version: u64,
+    /// Per layer, the batch mean and unbiased variance of its input over every sample, when the
+    /// runtime observes statistics ([`Runtime::observe_statistics`]).
+    pub statistics: Option<NormParams>,
 }
 
 impl Prediction {
@@ -256,7 +243,8 @@ impl PreparedSession {
 /// prepares off the inference path; the inference loop only swaps).
 #[derive(Debug, Clone)]
 pub struct Preparer {
-    source: std::sync::Arc<OnnxModel>,
+    /// The model sessions are built from: the source, or the source with statistics outputs.
+    serving: std::sync::Arc<OnnxModel>,
     discovery: std::sync::Arc<NormDiscovery>,
     library: OrtLibrary,
     intra_threads: usize,
@@ -265,7 +253,7 @@ pub struct Preparer {
 impl Preparer {
     /// Validates `params` against the model and builds a session that uses them.
     pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
-        let bytes = params.patch_against(&self.source, &self.discovery)?.encode();
+        let bytes = params.patch_against(&self.serving, &self.discovery)?.encode();
         let session = build_session(&self.library, &bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
     }
@@ -275,6 +263,10 @@ impl Preparer {
 #[derive(Debug)]
 pub struct Runtime {
     source: OnnxModel,
+    /// What sessions are built from: `source`, or `source` with statistics outputs.
+    serving: OnnxModel,
+    /// The statistics outputs of `serving`, per layer (mean, variance), when observed.
+    statistics: Option<Vec<(String, String)>>,
     discovery: NormDiscovery,
     manifest: Manifest,
     library: OrtLibrary,
@@ -296,6 +288,8 @@ impl Runtime {
         let discovery = NormDiscovery::of(&source);
         let session = build_session(&library, &source.encode(), intra_threads)?;
         Ok(Self {
+            serving: source.clone(),
+            statistics: None,
             source,
             discovery,
             manifest,
@@ -332,11 +326,25 @@ impl Runtime {
         self.current.version
     }
 
+    /// From now on, every prediction also measures each layer's input statistics over the
+    /// batch ([`Prediction::statistics`]; the statistics uplink and edge-local adaptation). The
+    /// extra outputs keep ONNX Runtime from folding BatchNormalization into the convolution
+    /// before it (`cema-edge bench --statistics` prints the cost). Call it before any swap:
+    /// the serving session is rebuilt with the source parameters.
+    pub fn observe_statistics(&mut self) -> Result<(), RuntimeError> {
+        let observed = observed_statistics_model(&self.source, &self.discovery)?;
+        let session = build_session(&self.library, &observed.model.encode(), self.intra_threads)?;
+        self.serving = observed.model;
+        self.statistics = Some(observed.outputs);
+        self.current = PreparedSession { session, version: 0 };
+        Ok(())
+    }
+
     /// Validates `params` and builds a session that uses them. Does not touch the serving
     /// session, so it can run while predictions continue; an invalid update changes nothing.
     pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
         // Validation happens inside the patch, once, with the discovery made at load time.
-        let bytes = params.patch_against(&self.source, &self.discovery)?.encode();
+        let bytes = params.patch_against(&self.serving, &self.discovery)?.encode();
         let session = build_session(&self.library, &bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
     }
@@ -361,7 +369,7 @@ impl Runtime {
     /// A handle that prepares sessions for this runtime on another thread.
     pub fn preparer(&self) -> Preparer {
         Preparer {
-            source: std::sync::Arc::new(self.source.clone()),
+            serving: std::sync::Arc::new(self.serving.clone()),
             discovery: std::sync::Arc::new(self.discovery.clone()),
             library: self.library.clone(),
             intra_threads: self.intra_threads,
@@ -370,7 +378,7 @@ impl Runtime {
 
     /// A session with the model's own parameters (version 0), for a reset.
     pub fn prepare_source(&self) -> Result<PreparedSession, RuntimeError> {
-        let session = build_session(&self.library, &self.source.encode(), self.intra_threads)?;
+        let session = build_session(&self.library, &self.serving.encode(), self.intra_threads)?;
         Ok(PreparedSession { session, version: 0 })
     }
 
@@ -407,6 +415,10 @@ impl Runtime {
             });
         }
         let logits = logits.to_vec();
+        let statistics = match &self.statistics {
+            Some(names) => Some(read_statistics(&outputs, &self.discovery, names)?),
+            None => None,
+        };
         let mut probs = vec![0.0; logits.len()];
         let mut entropy = Vec::with_capacity(batch);
         let mut class = Vec::with_capacity(batch);
@@ -415,8 +427,45 @@ impl Runtime {
             entropy.push(math::entropy_of_logits(row));
             class.push(math::argmax(row).unwrap_or(0));
         }
-        Ok(Prediction { batch, classes, logits, probs, entropy, class, params_version: self.current.version })
+        Ok(Prediction {
+            batch,
+            classes,
+            logits,
+            probs,
+            entropy,
+            class,
+            params_version: self.current.version,
+            statistics,
+        })
     }
+}
+
+/// The statistics outputs `names` (per layer: mean, variance) of a run, as the layers'
+/// running-mean and running-variance tensors.
+fn read_statistics(
+    outputs: &ort::session::SessionOutputs<'_>,
+    discovery: &NormDiscovery,
+    names: &[(String, String)],
+) -> Result<NormParams, RuntimeError> {
+    let mut statistics = NormParams::default();
+    for (layer, (mean, var)) in discovery.layers.iter().zip(names) {
+        for (target, output) in [(&layer.mean, mean), (&layer.var, var)] {
+            let value = outputs
+                .get(output.as_str())
+                .ok_or_else(|| RuntimeError::Ort(format!("no statistics output `{output}`")))?;
+            let values = value.try_extract_tensor::<f32>()?.1.to_vec();
+            if values.len() != layer.channels {
+                return Err(RuntimeError::Ort(format!(
+                    "statistics of `{}` have {} values, the layer {} channels",
+                    layer.node,
+                    values.len(),
+                    layer.channels
+                )));
+            }
+            statistics.tensors.insert(target.clone(), NormTensor { dims: vec![values.len()], values });
+        }
+    }
+    Ok(statistics)
 }
 
 /// Builds a session at full graph optimisation from model bytes.

@@ -40,6 +40,13 @@ pub struct SelectorConfig {
     /// must beat at the same upload budget. `None`: keep them all.
     #[serde(default)]
     pub random_fraction: Option<f64>,
+    /// Upload budget: at most this share of each batch (rounded down, at least one sample when
+    /// the share is positive), keeping the samples of highest entropy among those the other
+    /// rules kept — with a much stronger foundation model, the student's uncertain samples are
+    /// the ones distillation learns most from (`docs/algorithm.md`, "Upload budget").
+    /// `None`: no budget.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 /// Named settings.
@@ -68,6 +75,7 @@ impl Preset {
             e_min_frac: None,
             redundancy: Redundancy::Scaled(REFERENCE_D_MARGIN),
             random_fraction: None,
+            budget: None,
         };
         match self {
             Preset::Reference | Preset::EataSelect => base,
@@ -189,7 +197,25 @@ impl Selector {
                 *keep &= unit_interval(first_position + i as u64) < fraction;
             }
         }
+        if let Some(budget) = self.config.budget {
+            keep_highest_entropy(&mut keep, entropy, budget);
+        }
         Selection { keep, upper, lower }
+    }
+}
+
+/// Keeps at most `budget · n` (rounded down; one if the budget is positive but rounds to none)
+/// of the kept samples: those of highest entropy, ties to the earlier sample.
+fn keep_highest_entropy(keep: &mut [bool], entropy: &[f32], budget: f64) {
+    let n = keep.len();
+    let allowed = ((budget * n as f64).floor() as usize).max(usize::from(budget > 0.0)).min(n);
+    let mut kept: Vec<usize> = (0..n).filter(|&i| keep[i]).collect();
+    if kept.len() <= allowed {
+        return;
+    }
+    kept.sort_by(|&a, &b| entropy[b].total_cmp(&entropy[a]).then(a.cmp(&b)));
+    for &i in &kept[allowed..] {
+        keep[i] = false;
     }
 }
 
@@ -232,6 +258,22 @@ mod tests {
 
     fn entropy(p: &[f32]) -> f32 {
         -p.iter().filter(|&&x| x > 0.0).map(|&x| x as f64 * (x as f64).ln()).sum::<f64>() as f32
+    }
+
+    #[test]
+    fn a_budget_keeps_the_most_uncertain_of_what_the_rules_kept() {
+        let config = SelectorConfig { budget: Some(0.25), ..Preset::UploadAll.config() };
+        let mut selector = Selector::new(config, C, SelectorState::default());
+        let rows: Vec<Vec<f32>> = [0.9, 0.3, 0.5, 0.2, 0.95, 0.4, 0.25, 0.8].iter().map(|&t| peaked(1, t)).collect();
+        // 8 samples, budget 2: the two least confident (0.2 and 0.25 on the top class).
+        assert_eq!(run(&mut selector, &rows), [false, false, false, true, false, false, true, false]);
+        // Fewer survivors than the budget: all kept; a tiny positive budget still keeps one.
+        let config = SelectorConfig { budget: Some(0.01), ..Preset::UploadAll.config() };
+        let mut selector = Selector::new(config, C, SelectorState::default());
+        assert_eq!(run(&mut selector, &rows).iter().filter(|k| **k).count(), 1);
+        let mut none = vec![false; 3];
+        keep_highest_entropy(&mut none, &[1.0, 2.0, 3.0], 0.5);
+        assert_eq!(none, [false; 3]);
     }
 
     fn run(selector: &mut Selector, rows: &[Vec<f32>]) -> Vec<bool> {

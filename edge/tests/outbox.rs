@@ -19,7 +19,7 @@ fn sample(id: u8) -> v1::Sample {
 
 /// The batch-end marker of batch `batch` (64 predictions); the outbox assigns its seq.
 fn end(batch: u64) -> v1::BatchEnd {
-    v1::BatchEnd { seq: 0, batch, predicted: 64, initial_statistics: None }
+    v1::BatchEnd { batch, predicted: 64, ..Default::default() }
 }
 
 fn held_ids(outbox: &Outbox) -> Vec<u8> {

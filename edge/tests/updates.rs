@@ -76,6 +76,8 @@ fn updates_apply_exactly_and_invalid_ones_are_refused() {
         compress: false,
         float_encoding: cema_core::Encoding::F16,
         stats_init: cema_core::StatsInit::Source,
+        uplink_statistics: false,
+        local_every: None,
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
     };

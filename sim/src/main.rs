@@ -92,8 +92,11 @@ struct DemoArgs {
 struct EvalArgs {
     #[command(flatten)]
     common: Common,
-    /// Methods, comma-separated (also available: random-half, a uniform random 50% subsample;
-    /// cema-first-batch, cema-reference with first-batch statistics).
+    /// Methods, comma-separated. Also available: random-half and random@random-fraction=<p>
+    /// (uniform random subsamples), cema-first-batch (first-batch statistics), stats-only (the
+    /// statistics uplink alone, no images), edge-local (the edge follows its own statistics),
+    /// cema-stats (cema-reference's uploads + the statistics uplink), stats-budget and
+    /// stats-random (the uplink + the most uncertain / a random quarter of each batch).
     #[arg(long, default_value = "none,bn-stats,upload-all,eata-select,cema-reference,cema-paper")]
     methods: String,
     /// Protocols, comma-separated: independent, continual.
@@ -253,7 +256,10 @@ fn cloud_config(student: &Path, foundation: &Path) -> String {
     format!(
         "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
          [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n\n\
-         [models.cemafb]\nedge = {s:?}\nfoundation = {f:?}\n[models.cemafb.adapt]\nstats_init = \"first_batch\"\n",
+         [models.cemafb]\nedge = {s:?}\nfoundation = {f:?}\n[models.cemafb.adapt]\nstats_init = \"first_batch\"\n\n\
+         [models.stats]\nedge = {s:?}\nfoundation = {f:?}\n[models.stats.adapt]\nstudent_statistics = \"edge\"\n\n\
+         [models.statsfast]\nedge = {s:?}\nfoundation = {f:?}\n[models.statsfast.adapt]\nstudent_statistics = \"edge\"\n\
+         edge_statistics_weight = 0.3\n",
         s = student.display().to_string(),
         f = foundation.display().to_string()
     )
@@ -454,10 +460,31 @@ fn method_setup(method: &str, selector: &str) -> Result<(Vec<String>, &'static s
         // cema-reference with both models' running statistics taken from the first batch each
         // sees (the edge's before it serves it): the reference code's `stats_init`.
         "cema-first-batch" => (s(&["--preset", "reference", "--stats-init", "first_batch"]), "cemafb"),
+        // The statistics uplink: every batch's statistics from every sample, no images.
+        "stats-only" => {
+            (s(&["--preset", "upload-all", "--random-fraction", "0", "--statistics-uplink", "true"]), "stats")
+        }
+        // The edge follows its own statistics; nothing is uploaded.
+        "edge-local" => (s(&["--adapt", "local"]), "cema"),
+        // cema-reference's uploads for distillation (γ, β), the uplink's statistics for the
+        // running statistics.
+        "cema-stats" => (s(&["--preset", "reference", "--statistics-uplink", "true"]), "stats"),
+        // A uniform random share of the samples (`random@random-fraction=0.25`).
+        "random" => (s(&["--preset", "upload-all"]), "cema"),
+        // The statistics uplink, and a quarter of each batch for distillation: the most
+        // uncertain samples (`stats-budget`), or a uniform random quarter (`stats-random`).
+        "stats-budget" => (s(&["--preset", "upload-all", "--statistics-uplink", "true", "--budget", "0.25"]), "stats"),
+        // stats-budget with a cloud that weighs each batch's statistics 0.3 instead of 0.1.
+        "stats-budget-fast" => {
+            (s(&["--preset", "upload-all", "--statistics-uplink", "true", "--budget", "0.25"]), "statsfast")
+        }
+        "stats-random" => {
+            (s(&["--preset", "upload-all", "--statistics-uplink", "true", "--random-fraction", "0.25"]), "stats")
+        }
         // A uniform random half of the samples: what a selection rule must beat at its budget.
         "random-half" => (s(&["--preset", "upload-all", "--random-fraction", "0.5"]), "cema"),
         other => bail!(
-            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch or random-half"
+            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch, stats-only, edge-local, cema-stats, stats-budget, stats-budget-fast, stats-random, random@random-fraction=<p> or random-half"
         ),
     };
     let inherited = if base.starts_with("cema-") { selector } else { "" };
@@ -473,10 +500,18 @@ fn selector_flags(overrides: &str) -> Result<Vec<String>> {
         let Some((key, value)) = pair.split_once('=') else {
             bail!("override `{pair}` is not key=value");
         };
-        if !["e-max-frac", "e-min-frac", "d-margin", "lambda", "warmup-samples", "random-fraction"].contains(&key) {
-            bail!(
-                "unknown override `{key}` (e-max-frac, e-min-frac, d-margin, lambda, warmup-samples, random-fraction)"
-            );
+        const KEYS: [&str; 8] = [
+            "e-max-frac",
+            "e-min-frac",
+            "d-margin",
+            "lambda",
+            "warmup-samples",
+            "random-fraction",
+            "budget",
+            "stats-init",
+        ];
+        if !KEYS.contains(&key) {
+            bail!("unknown override `{key}` ({})", KEYS.join(", "));
         }
         flags.extend([format!("--{key}"), value.to_owned()]);
     }
@@ -489,6 +524,9 @@ fn stream_device_id(method: &str, index: usize, suffix: &str) -> String {
     let short: String = clean.chars().take(32).collect();
     format!("{short}-{index}-{suffix}")
 }
+
+/// The share of samples a method may upload to compete for `best_method` (on every protocol).
+const BUDGET: f64 = 0.25;
 
 fn eval(args: EvalArgs) -> Result<()> {
     let started = Instant::now();
@@ -540,7 +578,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     std::fs::create_dir_all(&data)?;
     let test = test_set()?;
     let mut specs = Vec::new();
-    let mut outputs: Vec<(usize, PathBuf)> = Vec::new();
+    let mut outputs: Vec<(usize, PathBuf, PathBuf)> = Vec::new(); // (stream, predictions, log)
     let mut records: Vec<Option<Vec<Record>>> = vec![None; streams.len()];
     for (i, (method, protocol, device, group, id)) in streams.iter().enumerate() {
         let proto = if protocol == "independent" { Protocol::Independent } else { Protocol::Continual };
@@ -552,7 +590,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         let mut args = scenario_args(c, protocol, group, *device as u64);
         args.extend(flags);
         let spec = edge_spec(&bins, &data, id, model, &student, "lockstep", args)?;
-        outputs.push((i, spec.output.clone()));
+        outputs.push((i, spec.output.clone(), spec.data_dir.with_extension("log")));
         specs.push(spec);
     }
     if !specs.is_empty() {
@@ -561,14 +599,21 @@ fn eval(args: EvalArgs) -> Result<()> {
         fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;
         cloud.stop()?;
     }
-    for (i, output) in outputs {
+    let mut upload_bytes = vec![0u64; streams.len()];
+    for (i, output, log) in outputs {
         records[i] = Some(report::read(&output)?);
+        upload_bytes[i] = report::upload_bytes(&log)?;
     }
 
     // Per method and protocol: accuracy and uploaded fraction per corruption.
     let mut rows = Vec::new();
     let mut table = String::new();
     let mut headline: Option<(f64, f64, f64)> = None; // (cema, none, uploaded) of the first protocol
+    let mut means = report::Means::new();
+    let mut uploads = String::from(
+        "\n### Bytes uploaded (images and statistics) and accuracy points over none per MB\n\n\
+         | method | protocol | MB | points/MB |\n|---|---|---|---|\n",
+    );
     for protocol in &protocols {
         table.push_str(&format!("\n### {protocol}, severity {} — accuracy % (uploaded %)\n\n| method |", c.severity));
         for corruption in &corruptions {
@@ -601,9 +646,25 @@ fn eval(args: EvalArgs) -> Result<()> {
             table.push_str(&format!(" **{}** ({}) |\n", pct(mean_acc), pct(mean_up)));
             rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": "mean",
                              "accuracy": mean_acc, "uploaded_fraction": mean_up}));
+            let bytes: u64 = streams
+                .iter()
+                .zip(&upload_bytes)
+                .filter(|((m, p, ..), _)| m == method && p == protocol)
+                .map(|(_, b)| b)
+                .sum();
+            let megabytes = bytes as f64 / 1e6;
+            let points_per_mb =
+                none_mean.map(|none: f64| 100.0 * (mean_acc - none) / megabytes).filter(|v| v.is_finite());
+            uploads.push_str(&format!(
+                "| {method} | {protocol} | {megabytes:.3} | {} |\n",
+                points_per_mb.map_or("—".to_owned(), |v| format!("{v:.2}"))
+            ));
+            rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": "all",
+                             "upload_bytes": bytes, "points_per_mb": points_per_mb}));
             if method == "none" {
                 none_mean = Some(mean_acc);
             }
+            means.insert((method.clone(), protocol.clone()), (mean_acc, mean_up));
             if method == "cema-reference" && headline.is_none() {
                 headline = Some((mean_acc, none_mean.unwrap_or(f64::NAN), mean_up));
             }
@@ -613,7 +674,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         "# CEMA evaluation\n\nFashion-MNIST test streams, severity {}, {} samples per corruption, batch {}, seed {}, lockstep pacing.\n\
          Methods: none (edge model as shipped), bn-stats (cloud updates running statistics only, from all samples),\n\
          upload-all (CEMA's cloud on every sample), eata-select (EATA's selection with its published margin 0.05),\n\
-         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{table}\nWall time: {:.0} s.\n",
+         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{table}{uploads}\nWall time: {:.0} s.\n",
         c.severity,
         c.samples_per_corruption.unwrap_or(320),
         c.batch,
@@ -652,13 +713,15 @@ fn eval(args: EvalArgs) -> Result<()> {
     if !series.is_empty() {
         plot::write(&dir.join("accuracy.png"), &series, "predictions").map_err(anyhow::Error::msg)?;
     }
-    println!("{table}");
+    println!("{table}{uploads}");
     println!("wrote {}/summary.md, results.json", dir.display());
     let (cema, none, uploaded) = headline.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+    let best = report::best_at_budget(&means, BUDGET);
     println!(
-        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} seconds={:.0}",
+        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} {} seconds={:.0}",
         100.0 * (cema - none),
         uploaded,
+        best.map_or("best_method=none".to_owned(), |b| b.line()),
         started.elapsed().as_secs_f64()
     );
     Ok(())

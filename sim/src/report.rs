@@ -117,3 +117,106 @@ pub fn edge_summary(log: &Path) -> BTreeMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+/// Bytes of upload requests an edge sent (samples, batch ends and their statistics), from the
+/// closing line of its log (`upload_bytes=`).
+pub fn upload_bytes(log: &Path) -> Result<u64> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    crate::fleet::summary_line(&text, "cema-edge:")
+        .and_then(|line| line.get("upload_bytes").and_then(|v| v.parse().ok()))
+        .with_context(|| format!("{} has no closing line with upload_bytes", log.display()))
+}
+
+/// Mean accuracy and uploaded fraction by (method, protocol).
+pub type Means = BTreeMap<(String, String), (f64, f64)>;
+
+/// The most accurate method within an upload budget, against upload-all and random sampling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Best {
+    /// Its name.
+    pub method: String,
+    /// Worst protocol's accuracy minus upload-all's, in points (NaN without upload-all).
+    pub minus_upload_all: f64,
+    /// Its largest uploaded fraction over the protocols.
+    pub uploaded: f64,
+    /// Worst protocol's accuracy minus the random subsample's closest in uploaded fraction, in
+    /// points (NaN without a method whose name contains `random`).
+    pub vs_random: f64,
+}
+
+impl Best {
+    /// `best_method=… best_minus_upload_all=… best_uploaded=… best_vs_random=…`.
+    pub fn line(&self) -> String {
+        format!(
+            "best_method={} best_minus_upload_all={:.2} best_uploaded={:.4} best_vs_random={:.2}",
+            self.method, self.minus_upload_all, self.uploaded, self.vs_random
+        )
+    }
+}
+
+/// Among methods that adapt (not none, upload-all, bn-stats or a random subsample: a name
+/// containing `random`) and
+/// upload at most `budget` of the samples on every protocol, the one with the highest mean
+/// accuracy over the protocols.
+pub fn best_at_budget(means: &Means, budget: f64) -> Option<Best> {
+    let protocols: Vec<&String> =
+        means.keys().map(|(_, p)| p).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let methods: std::collections::BTreeSet<&String> = means.keys().map(|(m, _)| m).collect();
+    let per = |m: &str| -> Option<Vec<(f64, f64)>> {
+        protocols.iter().map(|p| means.get(&(m.to_owned(), (*p).clone())).copied()).collect()
+    };
+    let mean_accuracy = |v: &[(f64, f64)]| v.iter().map(|(a, _)| a).sum::<f64>() / v.len() as f64;
+    let baseline = |m: &str| m == "none" || m == "upload-all" || m == "bn-stats" || m.contains("random");
+    let (method, scores) = methods
+        .iter()
+        .filter(|m| !baseline(m))
+        .filter_map(|m| per(m).map(|v| (m.to_string(), v)))
+        .filter(|(_, v)| v.iter().all(|(_, up)| *up <= budget))
+        .max_by(|a, b| mean_accuracy(&a.1).total_cmp(&mean_accuracy(&b.1)))?;
+    let uploaded = scores.iter().map(|(_, up)| *up).fold(0.0, f64::max);
+    let worst_gap = |other: &[(f64, f64)]| {
+        scores.iter().zip(other).map(|((a, _), (b, _))| 100.0 * (a - b)).fold(f64::INFINITY, f64::min)
+    };
+    let minus_upload_all = per("upload-all").map_or(f64::NAN, |v| worst_gap(&v));
+    let random = methods.iter().filter(|m| m.starts_with("random")).filter_map(|m| per(m)).min_by(|a, b| {
+        let distance = |v: &[(f64, f64)]| v.iter().map(|(_, up)| (up - uploaded).abs()).sum::<f64>();
+        distance(a).total_cmp(&distance(b))
+    });
+    let vs_random = random.map_or(f64::NAN, |v| worst_gap(&v));
+    Some(Best { method, minus_upload_all, uploaded, vs_random })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn means(rows: &[(&str, &str, f64, f64)]) -> Means {
+        rows.iter().map(|(m, p, a, u)| ((m.to_string(), p.to_string()), (*a, *u))).collect()
+    }
+
+    #[test]
+    fn the_best_method_stays_within_the_budget_on_every_protocol() {
+        let m = means(&[
+            ("none", "ind", 0.50, 0.0),
+            ("none", "cont", 0.50, 0.0),
+            ("upload-all", "ind", 0.70, 1.0),
+            ("upload-all", "cont", 0.72, 1.0),
+            // Most accurate but over budget on one protocol.
+            ("greedy", "ind", 0.71, 0.20),
+            ("greedy", "cont", 0.73, 0.30),
+            ("frugal", "ind", 0.69, 0.20),
+            ("frugal", "cont", 0.70, 0.25),
+            ("random@random-fraction=0.25", "ind", 0.66, 0.24),
+            ("random@random-fraction=0.25", "cont", 0.69, 0.25),
+            ("random-half", "ind", 0.68, 0.5),
+            ("random-half", "cont", 0.71, 0.5),
+        ]);
+        let best = best_at_budget(&m, 0.25).expect("a method within budget");
+        assert_eq!(best.method, "frugal");
+        assert!((best.minus_upload_all - (-2.0)).abs() < 1e-9, "{best:?}");
+        assert!((best.uploaded - 0.25).abs() < 1e-12);
+        // Against the random subsample at the same budget, not random-half: min(3, 1) points.
+        assert!((best.vs_random - 1.0).abs() < 1e-9, "{best:?}");
+        assert!(best_at_budget(&m, 0.1).is_none());
+    }
+}

@@ -18,7 +18,7 @@ fn request(device: &str, first_seq: u64, samples: u64, batch: Option<u64>) -> Up
         r.samples.push(Sample { seq, input: Some(image(seq)), entropy: 0.3, params_version: 0, predicted_class: 0 });
     }
     if let Some(b) = batch {
-        r.batch_ends.push(BatchEnd { seq: first_seq + samples, batch: b, predicted: 64, initial_statistics: None });
+        r.batch_ends.push(BatchEnd { seq: first_seq + samples, batch: b, predicted: 64, ..Default::default() });
     }
     r
 }

@@ -78,6 +78,8 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
             compress: false,
             float_encoding: Encoding::F16,
             stats_init: StatsInit::FirstBatch,
+            uplink_statistics: false,
+            local_every: None,
             outbox: OutboxLimits::default(),
             pacing: Pacing::Lockstep(Duration::from_secs(60)),
         };
@@ -87,7 +89,7 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
     {
         let db = sled::open(&edge_dir).unwrap();
         let mut agent = open(&db);
-        let _link = agent.connect(rt.handle(), CloudLink::new(endpoint.clone(), token.clone()));
+        let link = agent.connect(rt.handle(), CloudLink::new(endpoint.clone(), token.clone()));
         let served: Vec<f32> = agent.push(&batch).unwrap().iter().map(|p| p.entropy).collect();
         assert_same("batch 1 served", &served, &initialised);
         assert_eq!(agent.metrics().first_batch_inits.load(Ordering::Relaxed), 1);
@@ -101,6 +103,8 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
         }
         assert_eq!(store.meta("device:cam").unwrap().version, 0, "adopting statistics is no new version");
         assert_eq!(metrics.edge_statistics_adopted.get(), 1);
+        // The link's tasks hold the agent's store; they end before the restart opens it.
+        rt.block_on(link.stop());
     }
     {
         // A restart resumes with the first-batch statistics: no second measurement.
@@ -128,6 +132,7 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
                 batch: 1,
                 predicted: BATCH as u32,
                 initial_statistics: Some(cema_proto::statistics_to_wire(&statistics, BATCH as u32)),
+                batch_statistics: None,
             };
             let request = UploadRequest { device_id: "raw".into(), samples: Vec::new(), batch_ends: vec![end] };
             let stream = tokio_stream::iter(vec![request]);

@@ -7,14 +7,14 @@
 //! lossy for models that use them.
 
 mod builder;
-mod first_batch;
 pub mod generate;
 mod model;
+mod statistics;
 mod tensor;
 
 pub use builder::{Attr, GraphBuilder};
-pub use first_batch::{StatisticsModel, first_batch_statistics_model};
 pub use model::{ModelError, ModelFingerprint, OnnxModel};
+pub use statistics::{StatisticsModel, first_batch_statistics_model, observed_statistics_model};
 pub use tensor::{TensorError, f32_le_bytes, f32_tensor, read_f32};
 
 /// Protobuf types generated from `onnx-ml.proto`.

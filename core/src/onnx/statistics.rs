@@ -1,4 +1,6 @@
-//! CEMA's first-batch statistics, measured forward-only by any ONNX engine.
+//! Per-layer batch statistics of BatchNormalization inputs, measured forward-only by any ONNX
+//! engine: CEMA's first-batch statistics, and the statistics of every served batch that the
+//! statistics uplink sends to the cloud.
 //!
 //! Under `stats_init = first_batch` a model's running statistics are replaced by those of the
 //! first batch it sees, with the semantics of TBR in a layer that has none yet: every
@@ -10,6 +12,10 @@
 //! layer's mean and variance as extra graph outputs. Running it once on the first batch gives
 //! the statistics; the served logits of that batch are its logits output. See
 //! `docs/algorithm.md`, "First-batch statistics".
+//!
+//! [`observed_statistics_model`] keeps every node and only adds the same outputs: the mean and
+//! unbiased variance of each layer's input as the served model computes it, which is what a
+//! TBR forward in the cloud would measure on the same batch ("Statistics uplink").
 
 use super::builder::{Attr, attribute, value_info};
 use super::model::{ModelError, OnnxModel};
@@ -34,6 +40,16 @@ pub fn first_batch_statistics_model(
     model: &OnnxModel,
     discovery: &NormDiscovery,
 ) -> Result<StatisticsModel, ModelError> {
+    rewrite(model, discovery, true)
+}
+
+/// Adds to `model` the batch mean and unbiased variance of the input of every layer of
+/// `discovery`, as outputs; every node stays as it is, so the logits are the served ones.
+pub fn observed_statistics_model(model: &OnnxModel, discovery: &NormDiscovery) -> Result<StatisticsModel, ModelError> {
+    rewrite(model, discovery, false)
+}
+
+fn rewrite(model: &OnnxModel, discovery: &NormDiscovery, normalise: bool) -> Result<StatisticsModel, ModelError> {
     let opset =
         model.proto().opset_import.iter().find(|o| matches!(o.domain(), "" | "ai.onnx")).map_or(1, |o| o.version());
     let mut proto = model.proto().clone();
@@ -43,16 +59,17 @@ pub fn first_batch_statistics_model(
     let mut outputs = Vec::new();
     for (index, node) in std::mem::take(&mut graph.node).into_iter().enumerate() {
         let name = if node.name().is_empty() { format!("#{index}") } else { node.name().to_owned() };
-        match discovery
-            .layers
-            .iter()
-            .enumerate()
-            .find(|(_, l)| l.node == name && node.op_type() == "BatchNormalization")
-        {
-            Some((k, layer)) => {
+        let layer =
+            discovery.layers.iter().enumerate().find(|(_, l)| l.node == name && node.op_type() == "BatchNormalization");
+        match layer {
+            Some((k, layer)) if normalise => {
                 let out = node.output.first().cloned().unwrap_or_default();
-                let stats = rewrite.batch_norm(k, &layer.input, &layer.scale, &layer.bias, layer.epsilon, &out);
-                outputs.push(stats);
+                outputs.push(rewrite.batch_norm(k, &layer.input, &layer.scale, &layer.bias, layer.epsilon, &out));
+            }
+            Some((k, layer)) => {
+                rewrite.nodes.push(node);
+                let moments = rewrite.moments(k, &layer.input);
+                outputs.push(rewrite.flat_outputs(k, &moments));
             }
             None => rewrite.nodes.push(node),
         }
@@ -64,6 +81,15 @@ pub fn first_batch_statistics_model(
         graph.output.push(value_info(var, &[None]));
     }
     Ok(StatisticsModel { model: OnnxModel::from_proto(proto)?, outputs })
+}
+
+/// The per-channel moments of one layer's input, as `[1, C, 1]` tensors over `[N, C, L]`.
+struct Moments {
+    /// The input as `[N, C, L]` minus its mean.
+    centred: String,
+    mean: String,
+    /// Unbiased variance.
+    var: String,
 }
 
 /// Name prefix of every tensor the rewrite adds (kept apart from the model's own names).
@@ -119,12 +145,10 @@ impl Rewrite {
         }
     }
 
-    /// Replaces layer `k` (input `x`, writing `y`); returns its (mean, variance) outputs.
-    fn batch_norm(&mut self, k: usize, x: &str, scale: &str, bias: &str, epsilon: f32, y: &str) -> (String, String) {
+    /// Mean and unbiased variance per channel of `x` (`[N, C, …]`) over every other axis.
+    fn moments(&mut self, k: usize, x: &str) -> Moments {
         let t = |what: &str| format!("{PREFIX}.{k}.{what}");
         let c = |what: &str| format!("{PREFIX}.{what}");
-        let eps = t("eps");
-        self.initializers.push(f32_tensor(&eps, &[], &[epsilon]));
         let x3 = self.node("Reshape", &[x, &c("to_ncl")], &t("x3"), &[]);
         let mean = self.reduce("ReduceMean", &x3, &t("mean3"));
         let centred = self.node("Sub", &[&x3, &mean], &t("centred"), &[]);
@@ -136,17 +160,35 @@ impl Rewrite {
         let count = self.reduce("ReduceSum", &ones, &t("count"));
         let dof = self.node("Sub", &[&count, &c("one")], &t("dof"), &[]);
         let var = self.node("Div", &[&sum, &dof], &t("var3"), &[]);
-        let shifted = self.node("Add", &[&var, &eps], &t("var_eps"), &[]);
+        Moments { centred, mean, var }
+    }
+
+    /// The moments of layer `k` as `[C]` outputs: (mean, variance).
+    fn flat_outputs(&mut self, k: usize, moments: &Moments) -> (String, String) {
+        let t = |what: &str| format!("{PREFIX}.{k}.{what}");
+        let flat = format!("{PREFIX}.flat");
+        let mean = self.node("Reshape", &[&moments.mean, &flat], &t("mean"), &[]);
+        let var = self.node("Reshape", &[&moments.var, &flat], &t("var"), &[]);
+        (mean, var)
+    }
+
+    /// Replaces layer `k` (input `x`, writing `y`) by normalisation with its batch's mean and
+    /// unbiased variance; returns its (mean, variance) outputs.
+    fn batch_norm(&mut self, k: usize, x: &str, scale: &str, bias: &str, epsilon: f32, y: &str) -> (String, String) {
+        let t = |what: &str| format!("{PREFIX}.{k}.{what}");
+        let c = |what: &str| format!("{PREFIX}.{what}");
+        let eps = t("eps");
+        self.initializers.push(f32_tensor(&eps, &[], &[epsilon]));
+        let moments = self.moments(k, x);
+        let shifted = self.node("Add", &[&moments.var, &eps], &t("var_eps"), &[]);
         let std = self.node("Sqrt", &[&shifted], &t("std"), &[]);
-        let normalised = self.node("Div", &[&centred, &std], &t("normalised"), &[]);
+        let normalised = self.node("Div", &[&moments.centred, &std], &t("normalised"), &[]);
         let gamma = self.node("Reshape", &[scale, &c("to_c1")], &t("gamma"), &[]);
         let beta = self.node("Reshape", &[bias, &c("to_c1")], &t("beta"), &[]);
         let scaled = self.node("Mul", &[&normalised, &gamma], &t("scaled"), &[]);
         let y3 = self.node("Add", &[&scaled, &beta], &t("y3"), &[]);
         let shape = self.node("Shape", &[x], &t("shape"), &[]);
         self.node("Reshape", &[&y3, &shape], y, &[]);
-        let mean_out = self.node("Reshape", &[&mean, &c("flat")], &t("mean"), &[]);
-        let var_out = self.node("Reshape", &[&var, &c("flat")], &t("var"), &[]);
-        (mean_out, var_out)
+        self.flat_outputs(k, &moments)
     }
 }
