@@ -13,7 +13,7 @@ demo: setup ## the main job: a real cloud and 3 edge agents on the built-in mode
 	$(CARGO) build --release --locked --bins
 	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim demo
 
-eval: setup ## methods compared on severity-5 streams (runs/eval-*/; about 7 minutes)
+eval: setup ## methods compared on severity-5 streams (runs/eval-*/; about 14 minutes)
 	$(CARGO) build --release --locked --bins
 	ORT_DYLIB_PATH=$(CURDIR)/.ort/lib/libonnxruntime.so ./target/release/cema-sim eval
 

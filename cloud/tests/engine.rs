@@ -209,7 +209,7 @@ fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
     let source = cema_core::NormParams::source(&onnx).unwrap();
     let mut statistics = source.statistics(&discovery);
     statistics.tensors.values_mut().for_each(|t| t.values.iter_mut().for_each(|v| *v = v.abs() + 1.0));
-    let wire = cema_proto::statistics_to_wire(&statistics, 64);
+    let wire = cema_proto::statistics_to_wire(&statistics, 64, false);
 
     // No samples, only statistics: a new version whose running statistics moved by momentum
     // 0.1 towards the batch's, γ and β untouched, no step.

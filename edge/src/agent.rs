@@ -322,14 +322,15 @@ impl Agent {
             // with the batch, atomically: a crash before this point re-initialises.
             extra.push((APPLIED_KEY, cema_proto::norm_params_to_wire(params, "").encode_to_vec()));
             let statistics = params.statistics(self.runtime.discovery());
-            end.initial_statistics = Some(cema_proto::statistics_to_wire(&statistics, samples.len() as u32));
+            // Exact: the cloud must adapt precisely what the edge serves.
+            end.initial_statistics = Some(cema_proto::statistics_to_wire(&statistics, samples.len() as u32, false));
             if let Some(local) = &mut self.local {
                 local.restart(params.clone());
             }
         }
         if let Some(statistics) = &prediction.statistics {
             if self.config.uplink_statistics {
-                end.batch_statistics = Some(cema_proto::statistics_to_wire(statistics, samples.len() as u32));
+                end.batch_statistics = Some(cema_proto::statistics_to_wire(statistics, samples.len() as u32, true));
             }
             if let Some(params) = self.local_step(statistics)? {
                 extra.push((APPLIED_KEY, params));

@@ -117,15 +117,44 @@ pub fn norm_params_from_wire(params: v1::NormParams) -> Result<NormParams, Conve
     Ok(NormParams { version: params.version, tensors })
 }
 
-/// Encodes batch statistics (running-mean and running-variance tensors) for the wire.
-pub fn statistics_to_wire(statistics: &NormParams, samples: u32) -> v1::NormStatistics {
-    v1::NormStatistics { tensors: norm_params_to_wire(statistics, "").tensors, samples }
+/// Encodes batch statistics (running-mean and running-variance tensors) for the wire, as f32
+/// or, with `bfloat16`, in half the bytes (see `NormStatistics.bfloat16`).
+pub fn statistics_to_wire(statistics: &NormParams, samples: u32, bfloat16: bool) -> v1::NormStatistics {
+    let mut tensors = norm_params_to_wire(statistics, "").tensors;
+    if bfloat16 {
+        for tensor in &mut tensors {
+            tensor.data = tensor.data.chunks_exact(4).flat_map(|b| bfloat16_bytes([b[0], b[1], b[2], b[3]])).collect();
+        }
+    }
+    v1::NormStatistics { tensors, samples, bfloat16 }
+}
+
+/// The bfloat16 nearest to an f32 (ties to even), as little-endian bytes.
+fn bfloat16_bytes(f32_le: [u8; 4]) -> [u8; 2] {
+    let bits = u32::from_le_bytes(f32_le);
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+    (rounded as u16).to_le_bytes()
 }
 
 /// Reads wire statistics into named tensors (version 0). Byte lengths are checked here; which
 /// tensors must be present, and their values, by [`NormParams::validate_statistics`].
 pub fn statistics_from_wire(statistics: v1::NormStatistics) -> Result<NormParams, ConvertError> {
-    norm_params_from_wire(v1::NormParams { version: 0, scope: String::new(), tensors: statistics.tensors })
+    let mut tensors = statistics.tensors;
+    if statistics.bfloat16 {
+        for tensor in &mut tensors {
+            let count = tensor.dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            if count.and_then(|c| c.checked_mul(2)) != Some(tensor.data.len() as u64) {
+                return Err(ConvertError::TensorLength {
+                    name: tensor.name.clone(),
+                    dims: tensor.dims.clone(),
+                    expected: count.and_then(|c| c.checked_mul(2)).unwrap_or(u64::MAX),
+                    actual: tensor.data.len(),
+                });
+            }
+            tensor.data = tensor.data.chunks_exact(2).flat_map(|b| [0, 0, b[0], b[1]]).collect();
+        }
+    }
+    norm_params_from_wire(v1::NormParams { version: 0, scope: String::new(), tensors })
 }
 
 /// The manifest summary both sides compare at registration.
@@ -144,5 +173,40 @@ pub fn manifest_summary(manifest: &Manifest) -> v1::ManifestSummary {
         } as i32,
         output_name: manifest.output.name.clone(),
         num_classes: manifest.num_classes() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statistics(values: Vec<f32>) -> NormParams {
+        let mut params = NormParams::default();
+        params.tensors.insert("bn.running_var".into(), NormTensor { dims: vec![values.len()], values });
+        params
+    }
+
+    #[test]
+    fn bfloat16_statistics_take_half_the_bytes_and_round_to_nearest() {
+        let values = vec![1.0, 3.0e5, 1.0e-7, 0.333_333_34, 1.0 + 1.5 / 128.0, -2.5];
+        let exact = statistics_to_wire(&statistics(values.clone()), 64, false);
+        let compact = statistics_to_wire(&statistics(values.clone()), 64, true);
+        assert_eq!(compact.tensors[0].data.len() * 2, exact.tensors[0].data.len());
+        let back = statistics_from_wire(compact).expect("decodes");
+        for (b, v) in back.tensors["bn.running_var"].values.iter().zip(&values) {
+            // bfloat16 keeps 8 significant bits: rounding to nearest errs by at most 2^-8.
+            assert!(((b - v) / v).abs() <= 1.0 / 256.0, "{b} vs {v}");
+        }
+        // 1 + 1.5/128 lies halfway between bfloat16 neighbours 1 + 1/128 and 1 + 2/128: the tie
+        // goes to the even one, the latter (truncation would give the former).
+        assert_eq!(back.tensors["bn.running_var"].values[4], 1.0 + 2.0 / 128.0);
+        assert_eq!(statistics_from_wire(exact).expect("decodes").tensors["bn.running_var"].values, values);
+    }
+
+    #[test]
+    fn bfloat16_statistics_of_the_wrong_length_are_refused() {
+        let mut compact = statistics_to_wire(&statistics(vec![1.0, 2.0]), 64, true);
+        compact.tensors[0].data.pop();
+        assert!(matches!(statistics_from_wire(compact), Err(ConvertError::TensorLength { .. })));
     }
 }

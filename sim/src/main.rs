@@ -92,12 +92,16 @@ struct DemoArgs {
 struct EvalArgs {
     #[command(flatten)]
     common: Common,
-    /// Methods, comma-separated. Also available: random-half and random@random-fraction=<p>
-    /// (uniform random subsamples), cema-first-batch (first-batch statistics), stats-only (the
-    /// statistics uplink alone, no images), edge-local (the edge follows its own statistics),
-    /// cema-stats (cema-reference's uploads + the statistics uplink), stats-budget and
-    /// stats-random (the uplink + the most uncertain / a random quarter of each batch).
-    #[arg(long, default_value = "none,bn-stats,upload-all,eata-select,cema-reference,cema-paper")]
+    /// Methods, comma-separated: none, bn-stats, upload-all, eata-select, cema-reference,
+    /// cema-paper; stats-only (the statistics uplink alone, no images), edge-local (the edge
+    /// follows its own statistics, no uploads), uplink-budget (the uplink with first-batch
+    /// statistics, plus the most uncertain quarter of each batch), uplink-random (the same with a
+    /// random quarter), random@random-fraction=<p> (a uniform random share). Also available:
+    /// random-half, cema-first-batch, cema-stats (cema-reference + the uplink).
+    #[arg(
+        long,
+        default_value = "none,bn-stats,upload-all,eata-select,cema-reference,cema-paper,stats-only,edge-local,uplink-budget,uplink-random,random@random-fraction=0.25"
+    )]
     methods: String,
     /// Protocols, comma-separated: independent, continual.
     #[arg(long, default_value = "independent,continual")]
@@ -257,9 +261,7 @@ fn cloud_config(student: &Path, foundation: &Path) -> String {
         "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
          [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n\n\
          [models.cemafb]\nedge = {s:?}\nfoundation = {f:?}\n[models.cemafb.adapt]\nstats_init = \"first_batch\"\n\n\
-         [models.stats]\nedge = {s:?}\nfoundation = {f:?}\n[models.stats.adapt]\nstudent_statistics = \"edge\"\n\n\
-         [models.statsfast]\nedge = {s:?}\nfoundation = {f:?}\n[models.statsfast.adapt]\nstudent_statistics = \"edge\"\n\
-         edge_statistics_weight = 0.3\n",
+         [models.stats]\nedge = {s:?}\nfoundation = {f:?}\n[models.stats.adapt]\nstudent_statistics = \"edge\"\n",
         s = student.display().to_string(),
         f = foundation.display().to_string()
     )
@@ -445,6 +447,9 @@ fn write_plots(dir: &Path, streams: &[Vec<(String, Vec<Record>)>]) -> Result<Str
     Ok("accuracy.png, uploads.png".to_owned())
 }
 
+/// The edge flag of the statistics uplink.
+const UPLINK: &str = "--statistics-uplink";
+
 /// Edge flags and cloud model of a method. The CEMA methods take `selector` (see
 /// [`Common::selector`]), then any overrides after `@` in the method's name, joined by `+`:
 /// `cema-reference@e-max-frac=0.3+d-margin=scaled:0.04` (what a validation sweep compares).
@@ -468,23 +473,22 @@ fn method_setup(method: &str, selector: &str) -> Result<(Vec<String>, &'static s
         "edge-local" => (s(&["--adapt", "local"]), "cema"),
         // cema-reference's uploads for distillation (γ, β), the uplink's statistics for the
         // running statistics.
-        "cema-stats" => (s(&["--preset", "reference", "--statistics-uplink", "true"]), "stats"),
+        "cema-stats" => (s(&[UPLINK, "true", "--preset", "reference"]), "stats"),
         // A uniform random share of the samples (`random@random-fraction=0.25`).
         "random" => (s(&["--preset", "upload-all"]), "cema"),
-        // The statistics uplink, and a quarter of each batch for distillation: the most
-        // uncertain samples (`stats-budget`), or a uniform random quarter (`stats-random`).
-        "stats-budget" => (s(&["--preset", "upload-all", "--statistics-uplink", "true", "--budget", "0.25"]), "stats"),
-        // stats-budget with a cloud that weighs each batch's statistics 0.3 instead of 0.1.
-        "stats-budget-fast" => {
-            (s(&["--preset", "upload-all", "--statistics-uplink", "true", "--budget", "0.25"]), "statsfast")
+        // Chosen on the seed-1 validation stream: the statistics uplink with first-batch
+        // initialisation for the running statistics, and a quarter of each batch — its most
+        // uncertain samples — for distillation of γ and β.
+        "uplink-budget" => {
+            (s(&[UPLINK, "true", "--stats-init", "first_batch", "--preset", "upload-all", "--budget", "0.25"]), "stats")
         }
-        "stats-random" => {
-            (s(&["--preset", "upload-all", "--statistics-uplink", "true", "--random-fraction", "0.25"]), "stats")
-        }
-        // A uniform random half of the samples: what a selection rule must beat at its budget.
-        "random-half" => (s(&["--preset", "upload-all", "--random-fraction", "0.5"]), "cema"),
+        // The same with a uniform random quarter: what the budget rule must beat.
+        "uplink-random" => (
+            s(&[UPLINK, "true", "--stats-init", "first_batch", "--preset", "upload-all", "--random-fraction", "0.25"]),
+            "stats",
+        ),
         other => bail!(
-            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch, stats-only, edge-local, cema-stats, stats-budget, stats-budget-fast, stats-random, random@random-fraction=<p> or random-half"
+            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch, stats-only, edge-local, cema-stats, uplink-budget, uplink-random, random@random-fraction=<p> or random-half"
         ),
     };
     let inherited = if base.starts_with("cema-") { selector } else { "" };

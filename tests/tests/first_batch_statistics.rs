@@ -131,7 +131,7 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
                 seq: 1,
                 batch: 1,
                 predicted: BATCH as u32,
-                initial_statistics: Some(cema_proto::statistics_to_wire(&statistics, BATCH as u32)),
+                initial_statistics: Some(cema_proto::statistics_to_wire(&statistics, BATCH as u32, false)),
                 batch_statistics: None,
             };
             let request = UploadRequest { device_id: "raw".into(), samples: Vec::new(), batch_ends: vec![end] };

@@ -74,8 +74,13 @@ fn rewrite(model: &OnnxModel, discovery: &NormDiscovery, normalise: bool) -> Res
             None => rewrite.nodes.push(node),
         }
     }
+    // Shared constants a mode does not use would only make ONNX Runtime warn.
+    let used: std::collections::HashSet<&str> =
+        rewrite.nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let initializers: Vec<TensorProto> =
+        rewrite.initializers.iter().filter(|t| used.contains(t.name())).cloned().collect();
     graph.node = rewrite.nodes;
-    graph.initializer.extend(rewrite.initializers);
+    graph.initializer.extend(initializers);
     for (mean, var) in &outputs {
         graph.output.push(value_info(mean, &[None]));
         graph.output.push(value_info(var, &[None]));
@@ -124,13 +129,12 @@ impl Rewrite {
         });
     }
 
-    /// Shared constants: reshape targets, reduction axes, 0 and 1.
+    /// Shared constants: reshape targets, reduction axes, 1.
     fn constants(&mut self) {
         self.ints("to_ncl", &[0, 0, -1]);
         self.ints("to_c1", &[-1, 1]);
         self.ints("flat", &[-1]);
         self.ints("axes", &[0, 2]);
-        self.initializers.push(f32_tensor(&format!("{PREFIX}.zero"), &[], &[0.0]));
         self.initializers.push(f32_tensor(&format!("{PREFIX}.one"), &[], &[1.0]));
     }
 
@@ -154,10 +158,11 @@ impl Rewrite {
         let centred = self.node("Sub", &[&x3, &mean], &t("centred"), &[]);
         let square = self.node("Mul", &[&centred, &centred], &t("square"), &[]);
         let sum = self.reduce("ReduceSum", &square, &t("sum3"));
-        // Values per channel (N·H·W), counted in the graph so any batch size works.
-        let zeros = self.node("Mul", &[&x3, &c("zero")], &t("zeros"), &[]);
-        let ones = self.node("Add", &[&zeros, &c("one")], &t("ones"), &[]);
-        let count = self.reduce("ReduceSum", &ones, &t("count"));
+        // Values per channel, N·L, from the shape at run time, so any batch size works.
+        let shape = self.node("Shape", &[&x3], &t("shape3"), &[]);
+        let n_l = self.node("Gather", &[&shape, &c("axes")], &t("n_l"), &[("axis", Attr::Int(0))]);
+        let product = self.node("ReduceProd", &[&n_l], &t("count_int"), &[("keepdims", Attr::Int(0))]);
+        let count = self.node("Cast", &[&product], &t("count"), &[("to", Attr::Int(DataType::Float as i64))]);
         let dof = self.node("Sub", &[&count, &c("one")], &t("dof"), &[]);
         let var = self.node("Div", &[&sum, &dof], &t("var3"), &[]);
         Moments { centred, mean, var }
