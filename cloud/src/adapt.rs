@@ -11,7 +11,7 @@
 use burn::Tensor;
 use cema_compute::loss::{DistillWeights, distillation, weighted_entropy};
 use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values};
-use cema_core::{Manifest, NormDiscovery, NormParams, OnnxModel, SampleValues};
+use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
 use serde::Deserialize;
 
 pub use cema_core::StatsInit;
@@ -183,7 +183,6 @@ pub struct DistillReport {
 /// Both models of one model id, loaded once.
 pub struct Adapter {
     student: Graph,
-    student_discovery: NormDiscovery,
     foundation: Graph,
     student_manifest: Manifest,
     foundation_manifest: Manifest,
@@ -232,7 +231,6 @@ impl Adapter {
         };
         let e_max = config.e_max_frac * (student.1.num_classes() as f64).ln();
         Ok(Self {
-            student_discovery: NormDiscovery::of(student.0),
             student: student_graph,
             foundation: foundation_graph,
             student_manifest: student.1.clone(),
@@ -341,7 +339,7 @@ impl Adapter {
     /// `1 − edge_statistics_weight`).
     pub fn follow_edge_statistics(&self, state: &mut ScopeState, statistics: &NormParams) {
         let weight = self.config.edge_statistics_weight.map(|w| w as f32);
-        state.student.follow_statistics(statistics, &self.student_discovery, weight);
+        state.student.follow_statistics(statistics, self.student.norm_layers(), weight);
         state.student_stats_set = true;
     }
 

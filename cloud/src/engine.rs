@@ -87,16 +87,20 @@ impl ModelEntry {
             (SampleValues::F32(_), _) => Err("float samples for a model whose manifest takes u8 pixels".to_owned()),
         }
     }
+
+    /// Checks statistics uploaded with a batch end (first-batch or batch statistics): exactly
+    /// the running mean and variance of every normalisation layer of the edge model, finite,
+    /// variances ≥ 0. Ingest calls it; the engine reads what ingest accepted with
+    /// [`stored_statistics`].
+    pub fn check_statistics(&self, statistics: &v1::NormStatistics) -> Result<(), String> {
+        let params = stored_statistics(statistics)?;
+        params.validate_statistics(&self.edge, &NormDiscovery::of(&self.edge)).map_err(|e| e.to_string())
+    }
 }
 
-impl ModelEntry {
-    /// Reads and checks first-batch statistics uploaded with a batch end: exactly the running
-    /// mean and variance of every normalisation layer of the edge model, finite, variances ≥ 0.
-    pub fn check_statistics(&self, statistics: &v1::NormStatistics) -> Result<NormParams, String> {
-        let params = cema_proto::statistics_from_wire(statistics.clone()).map_err(|e| e.to_string())?;
-        params.validate_statistics(&self.edge, &NormDiscovery::of(&self.edge)).map_err(|e| e.to_string())?;
-        Ok(params)
-    }
+/// Decodes statistics that ingest checked ([`ModelEntry::check_statistics`]) before storing.
+fn stored_statistics(statistics: &v1::NormStatistics) -> Result<NormParams, String> {
+    cema_proto::statistics_from_wire(statistics.clone()).map_err(|e| e.to_string())
 }
 
 /// The latest state of a scope, as watchers see it.
@@ -294,8 +298,8 @@ impl Engine {
         let started = Instant::now();
         let mut commit = Commit::default();
         if let Some(statistics) = &marker_entry.statistics {
-            // Validated at ingest; the edge serves with these, so the cloud adapts from them.
-            let statistics = handle.model.check_statistics(statistics)?;
+            // The edge serves with these, so the cloud adapts from them.
+            let statistics = stored_statistics(statistics)?;
             if adapter.adopt_edge_statistics(&mut state, &statistics) {
                 self.metrics.edge_statistics_adopted.inc();
                 tracing::info!(scope, device = %marker.1, batch = marker.2, "adopted the edge's first-batch statistics");
@@ -330,7 +334,7 @@ impl Engine {
             && config.student_statistics == StudentStatistics::Edge
             && let Some(statistics) = &marker_entry.batch_statistics
         {
-            let statistics = handle.model.check_statistics(statistics)?;
+            let statistics = stored_statistics(statistics)?;
             if !commit.stepped {
                 state.student.version = meta.version + 1;
             }

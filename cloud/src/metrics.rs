@@ -151,9 +151,17 @@ impl Metrics {
             "Failed adaptation rounds.",
             self.engine_errors.get() as f64,
         );
-        let (sum, count) = self.step_seconds.get();
-        metric("cema_cloud_step_seconds_sum", "counter", "Seconds spent in steps.", sum);
-        metric("cema_cloud_step_seconds_count", "counter", "Steps timed.", count as f64);
+        let mut summary = |name: &str, help: &str, value: &Summary| {
+            let (sum, count) = value.get();
+            metric(&format!("{name}_sum"), "counter", &format!("Sum of {help}."), sum);
+            metric(&format!("{name}_count"), "counter", &format!("Count of {help}."), count as f64);
+        };
+        summary("cema_cloud_step_seconds", "seconds spent in steps", &self.step_seconds);
+        summary(
+            "cema_cloud_distill_sample_kl",
+            "per-sample distillation values T²·KL(teacher‖student)",
+            &self.distill_sample_kl,
+        );
         metric(
             "cema_cloud_replay_samples",
             "gauge",
@@ -167,19 +175,6 @@ impl Metrics {
         metric("cema_cloud_distill_ce", "gauge", "Last weighted CE term.", self.distill_ce.get());
         metric("cema_cloud_distill_loss", "gauge", "Last distillation loss.", self.distill_total.get());
         metric("cema_cloud_distill_batch", "gauge", "Samples in the last distillation step.", self.distill_batch.get());
-        let (sum, count) = self.distill_sample_kl.get();
-        metric(
-            "cema_cloud_distill_sample_kl_sum",
-            "counter",
-            "Sum of per-sample distillation values T²·KL(teacher‖student).",
-            sum,
-        );
-        metric(
-            "cema_cloud_distill_sample_kl_count",
-            "counter",
-            "Per-sample distillation values observed.",
-            count as f64,
-        );
         metric(
             "cema_cloud_distill_sample_kl_max",
             "gauge",

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::norm::NormDiscovery;
+use crate::norm::{NormDiscovery, NormLayer};
 use crate::onnx::pb::TensorProto;
 use crate::onnx::{OnnxModel, read_f32};
 
@@ -194,8 +194,8 @@ impl NormParams {
     /// momentum rule, `running ← m·running + (1 − m)·batch` with each layer's ONNX momentum `m`
     /// (0.9 by default: PyTorch's momentum 0.1), or `1 − weight` when a batch `weight` is
     /// given. Tensors `statistics` lacks stay as they are.
-    pub fn follow_statistics(&mut self, statistics: &NormParams, discovery: &NormDiscovery, weight: Option<f32>) {
-        for layer in &discovery.layers {
+    pub fn follow_statistics(&mut self, statistics: &NormParams, layers: &[NormLayer], weight: Option<f32>) {
+        for layer in layers {
             let m = weight.map_or(layer.momentum, |w| 1.0 - w);
             for name in [&layer.mean, &layer.var] {
                 if let (Some(running), Some(batch)) = (self.tensors.get_mut(name), statistics.tensors.get(name)) {

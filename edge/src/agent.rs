@@ -137,18 +137,27 @@ impl Agent {
         let batch_index = meta.get(BATCH_KEY).map_err(|e| state_err(&e))?.map(|v| be_u64(&v)).unwrap_or(0);
         let applied = meta.get(APPLIED_KEY).map_err(|e| state_err(&e))?;
         let serving_source = applied.is_none();
-        let serving = match applied {
+        let resumed = match applied {
             Some(bytes) => {
                 let wire = v1::NormParams::decode(bytes.as_ref()).map_err(|e| state_err(&e))?;
                 let params = cema_proto::norm_params_from_wire(wire).map_err(|e| state_err(&e))?;
                 let prepared = runtime.prepare(&params)?;
                 runtime.swap(prepared);
                 tracing::info!(version = params.version, "resumed with adapted parameters");
-                params
+                Some(params)
             }
-            None => NormParams::source(runtime.source()).map_err(RuntimeError::from)?,
+            None => None,
         };
-        let local = config.local_every.map(|every| LocalAdaptation::new(serving, every));
+        let local = match config.local_every {
+            Some(every) => {
+                let serving = match resumed {
+                    Some(params) => params,
+                    None => NormParams::source(runtime.source()).map_err(RuntimeError::from)?,
+                };
+                Some(LocalAdaptation::new(serving, every))
+            }
+            None => None,
+        };
         let classes = runtime.manifest().num_classes();
         let metrics = Arc::new(EdgeMetrics::default());
         metrics.params_version.store(runtime.version(), Ordering::Relaxed);

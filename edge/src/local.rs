@@ -29,7 +29,7 @@ impl LocalAdaptation {
     /// Moves the running statistics towards one batch's; returns the parameters to swap in when
     /// an application is due.
     pub fn observe(&mut self, statistics: &NormParams, discovery: &NormDiscovery) -> Option<&NormParams> {
-        self.params.follow_statistics(statistics, discovery, None);
+        self.params.follow_statistics(statistics, &discovery.layers, None);
         self.batches += 1;
         self.batches.is_multiple_of(self.every).then_some(&self.params)
     }

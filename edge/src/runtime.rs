@@ -329,7 +329,7 @@ impl Runtime {
     /// From now on, every prediction also measures each layer's input statistics over the
     /// batch ([`Prediction::statistics`]; the statistics uplink and edge-local adaptation). The
     /// extra outputs keep ONNX Runtime from folding BatchNormalization into the convolution
-    /// before it (`cema-edge bench --statistics` prints the cost). Call it before any swap:
+    /// before it (`cema-edge bench` prints the cost as `statistics_vs_raw`). Call it before any swap:
     /// the serving session is rebuilt with the source parameters.
     pub fn observe_statistics(&mut self) -> Result<(), RuntimeError> {
         let observed = observed_statistics_model(&self.source, &self.discovery)?;
