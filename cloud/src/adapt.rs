@@ -41,6 +41,9 @@ pub enum StudentStatistics {
     Edge,
 }
 
+/// The most idle replay steps one batch may add.
+pub const MAX_IDLE_REPLAY_STEPS: usize = 16;
+
 /// Hyperparameters of the cloud step (defaults: the reference code's).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -81,6 +84,15 @@ pub struct AdaptConfig {
     /// running ones (`None`: TBR's, 1 − the layer's ONNX momentum, 0.1 by default). Larger
     /// follows a shift faster.
     pub edge_statistics_weight: Option<f64>,
+    /// Extra replay-only distillation steps (each `replay_only_batch` samples) after the round
+    /// that finishes a batch, when less than a cloud batch is left queued: the time the engine
+    /// would otherwise wait for uploads, spent on replay. They stop early once new work waits
+    /// for the scope. 0 (default): the spec's step schedule.
+    pub idle_replay_steps: usize,
+    /// With `idle_replay_steps`: draw the idle steps' samples from the newest this many in the
+    /// replay buffer instead of all of it (`None`: all), so idle time goes to the distribution
+    /// the edges see now.
+    pub idle_replay_window: Option<usize>,
 }
 
 impl Default for AdaptConfig {
@@ -103,6 +115,8 @@ impl Default for AdaptConfig {
             stats_init: StatsInit::Source,
             student_statistics: StudentStatistics::Uploads,
             edge_statistics_weight: None,
+            idle_replay_steps: 0,
+            idle_replay_window: None,
         }
     }
 }
@@ -137,6 +151,20 @@ impl AdaptConfig {
             && !(w > 0.0 && w <= 1.0)
         {
             problems.push(format!("edge_statistics_weight must be in (0, 1], found {w}"));
+        }
+        if self.idle_replay_steps > MAX_IDLE_REPLAY_STEPS {
+            problems.push(format!(
+                "idle_replay_steps must be ≤ {MAX_IDLE_REPLAY_STEPS} (each delays the batch's update), found {}",
+                self.idle_replay_steps
+            ));
+        }
+        if let Some(window) = self.idle_replay_window
+            && window < self.replay_only_batch
+        {
+            problems.push(format!(
+                "idle_replay_window must be ≥ replay_only_batch ({}), found {window}",
+                self.replay_only_batch
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             problems.push(format!("temperature must be > 0, found {}", self.temperature));

@@ -320,7 +320,7 @@ impl Engine {
             if config.method == CloudMethod::Cema && meta.replay_len() > config.replay_min as u64 {
                 state.student.version = meta.version + 1;
                 let replayed =
-                    self.replay(scope, &meta, config.replay_only_batch, &handle.model, state.student.version)?;
+                    self.replay(scope, &meta, config.replay_only_batch, &handle.model, state.student.version, 0)?;
                 let refs: Vec<&SampleValues> = replayed.iter().collect();
                 let report = adapter.distill_step(&mut state, &refs)?;
                 self.record_step(scope, state.student.version, None, &report);
@@ -342,6 +342,10 @@ impl Engine {
             self.metrics.edge_statistics_batches.inc();
             commit.new_version = true;
         }
+        let (step_seconds, regular_step) = (started.elapsed().as_secs_f64(), commit.stepped);
+        if commit.marker.is_some() {
+            self.idle_replay(scope, handle, adapter, &meta, &mut state, &mut commit)?;
+        }
         commit.new_version |= commit.stepped;
         if commit.new_version {
             commit.state = Some(state);
@@ -352,9 +356,9 @@ impl Engine {
             .filter(|_| commit.new_version)
             .map(|s| cema_proto::norm_params_to_wire(&s.student, scope));
         let meta = self.store.commit(scope, &commit, handle.model.keep_versions).map_err(|e| e.to_string())?;
-        if commit.stepped {
+        if regular_step {
             self.metrics.steps.inc();
-            self.metrics.step_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.step_seconds.observe(step_seconds);
         }
         self.metrics.replay_samples.set(meta.replay_len() as f64);
         self.publish(handle, &meta, published_params);
@@ -380,7 +384,7 @@ impl Engine {
                 let lf = adapter.foundation_step(state, &refs)?;
                 self.metrics.foundation_loss.set(lf as f64);
                 let replayed = if meta.replay_len() >= config.replay_min as u64 {
-                    self.replay(scope, meta, config.replay_draw, &handle.model, state.student.version)?
+                    self.replay(scope, meta, config.replay_draw, &handle.model, state.student.version, 0)?
                 } else {
                     Vec::new()
                 };
@@ -390,6 +394,48 @@ impl Engine {
                 self.record_step(scope, state.student.version, Some(lf), &report);
             }
             CloudMethod::BnStats => adapter.statistics_step(state, &refs)?,
+        }
+        Ok(())
+    }
+
+    /// `idle_replay_steps` replay-only steps in the round that finished a batch (its marker
+    /// leaves less than a cloud batch queued, so the engine would wait), stopping as soon as
+    /// new work is scheduled for the scope. They join the round's version: the edge gets one
+    /// update per batch, as without them.
+    fn idle_replay(
+        &self,
+        scope: &str,
+        handle: &ScopeHandle,
+        adapter: &mut Adapter,
+        meta: &ScopeMeta,
+        state: &mut ScopeState,
+        commit: &mut Commit,
+    ) -> Result<(), String> {
+        let config = adapter.config().clone();
+        if config.method != CloudMethod::Cema || meta.replay_len() < config.replay_min as u64 {
+            return Ok(());
+        }
+        for step in 1..=config.idle_replay_steps as u64 {
+            if handle.scheduled.load(Ordering::Acquire) {
+                break;
+            }
+            if !commit.stepped && !commit.new_version {
+                state.student.version = meta.version + 1;
+            }
+            let window = ScopeMeta {
+                replay_head: match config.idle_replay_window {
+                    Some(w) => meta.replay_head.max(meta.replay_next.saturating_sub(w as u64)),
+                    None => meta.replay_head,
+                },
+                ..meta.clone()
+            };
+            let replayed =
+                self.replay(scope, &window, config.replay_only_batch, &handle.model, state.student.version, step)?;
+            let refs: Vec<&SampleValues> = replayed.iter().collect();
+            let report = adapter.distill_step(state, &refs)?;
+            self.record_step(scope, state.student.version, None, &report);
+            self.metrics.idle_replay_steps.inc();
+            commit.stepped = true;
         }
         Ok(())
     }
@@ -423,8 +469,8 @@ impl Engine {
         self.metrics.version.set(meta.version as f64);
     }
 
-    /// `count` replay samples drawn uniformly without replacement (deterministic per scope and
-    /// version, so a step redone after a crash draws the same ones).
+    /// `count` replay samples drawn uniformly without replacement (deterministic per scope,
+    /// version and step of the round, so a step redone after a crash draws the same ones).
     fn replay(
         &self,
         scope: &str,
@@ -432,8 +478,9 @@ impl Engine {
         count: usize,
         model: &ModelEntry,
         version: u64,
+        step: u64,
     ) -> Result<Vec<SampleValues>, String> {
-        let ids = draw_without_replacement(meta.replay_head, meta.replay_next, count, scope, version);
+        let ids = draw_without_replacement(meta.replay_head, meta.replay_next, count, scope, version, step);
         let tensors = self.store.replay_samples(scope, &ids).map_err(|e| e.to_string())?;
         tensors.iter().map(|t| model.decode_sample(t)).collect()
     }
@@ -451,12 +498,19 @@ fn decode_all<'a>(
 }
 
 /// `count` distinct ids from `[head, next)` (all of them if fewer), uniformly: a partial
-/// Fisher–Yates shuffle seeded by the scope and version.
-pub fn draw_without_replacement(head: u64, next: u64, count: usize, scope: &str, version: u64) -> Vec<u64> {
+/// Fisher–Yates shuffle seeded by the scope, the version and the step within the version's
+/// round (0 for the round's regular step; idle replay steps count from 1).
+pub fn draw_without_replacement(head: u64, next: u64, count: usize, scope: &str, version: u64, step: u64) -> Vec<u64> {
     let mut ids: Vec<u64> = (head..next).collect();
     let take = count.min(ids.len());
     let scope_key = scope.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    let mut rng = Rng::for_stream(&[scope_key, version, 0x7265_706c_6179]);
+    const SALT: u64 = 0x7265_706c_6179;
+    // Step 0 keeps the key it always had, so earlier draws (and the eval figures) stay the same.
+    let mut rng = if step == 0 {
+        Rng::for_stream(&[scope_key, version, SALT])
+    } else {
+        Rng::for_stream(&[scope_key, version, SALT, step])
+    };
     for i in 0..take {
         let j = rng.int_inclusive(i as i64, ids.len() as i64 - 1) as usize;
         ids.swap(i, j);

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub steps: Counter,
     /// Replay-only steps.
     pub replay_only_steps: Counter,
+    /// Replay-only steps spent on idle time (`idle_replay_steps`).
+    pub idle_replay_steps: Counter,
     /// Failed adaptation rounds.
     pub engine_errors: Counter,
     /// Seconds per step.
@@ -144,6 +146,12 @@ impl Metrics {
             "counter",
             "Replay-only steps.",
             self.replay_only_steps.get() as f64,
+        );
+        metric(
+            "cema_cloud_idle_replay_steps_total",
+            "counter",
+            "Replay-only steps run while the engine would have waited (idle_replay_steps).",
+            self.idle_replay_steps.get() as f64,
         );
         metric(
             "cema_cloud_engine_errors_total",

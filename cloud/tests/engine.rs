@@ -139,25 +139,61 @@ fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
 
 #[test]
 fn replay_draws_are_distinct_in_range_and_uniform() {
-    let ids = draw_without_replacement(100, 400, 96, "device:x", 7);
+    let ids = draw_without_replacement(100, 400, 96, "device:x", 7, 0);
     assert_eq!(ids.len(), 96);
     let mut sorted = ids.clone();
     sorted.sort_unstable();
     sorted.dedup();
     assert_eq!(sorted.len(), 96, "no id twice");
     assert!(ids.iter().all(|&i| (100..400).contains(&i)));
-    assert_eq!(draw_without_replacement(0, 50, 96, "s", 1).len(), 50, "all of a small buffer");
+    assert_eq!(draw_without_replacement(0, 50, 96, "s", 1, 0).len(), 50, "all of a small buffer");
     // Uniform: over many draws every id is picked about equally often (chi-square, 99 dof,
     // far below the 0.1% critical value 148 for a fair draw).
     let mut counts = vec![0u32; 100];
     for version in 0..2000 {
-        for id in draw_without_replacement(0, 100, 32, "uniform", version) {
+        for id in draw_without_replacement(0, 100, 32, "uniform", version, 0) {
             counts[id as usize] += 1;
         }
     }
     let expected = 2000.0 * 32.0 / 100.0;
     let chi2: f64 = counts.iter().map(|&c| (c as f64 - expected).powi(2) / expected).sum();
     assert!(chi2 < 148.0, "chi-square {chi2}");
+    // The steps of one round draw differently, each reproducibly.
+    let step = |s| draw_without_replacement(0, 1000, 128, "device:x", 7, s);
+    assert_eq!(step(1), step(1));
+    assert_ne!(step(0), step(1));
+    assert_ne!(step(1), step(2));
+}
+
+#[test]
+fn idle_replay_steps_run_after_a_finished_batch_and_join_its_version() {
+    // The same feed into an engine without and one with two idle replay steps.
+    let run = |idle_replay_steps: usize| {
+        let (_dir, _, store, metrics, engine, watch) =
+            started(AdaptConfig { idle_replay_steps, ..AdaptConfig::default() });
+        let mut feed = Feed { seq: 0, image: 0 };
+        // 300 samples (the buffer holds them on arrival): 9 steps of 32, 12 left queued.
+        feed.batch(&store, 300, 1, 10_000);
+        engine.schedule(SCOPE);
+        wait_through(&watch, 1);
+        // 12 + 10 queued < 32: no regular step, one replay-only step (buffer 310 > 256).
+        feed.batch(&store, 10, 2, 10_000);
+        engine.schedule(SCOPE);
+        wait_through(&watch, 2);
+        let meta = store.meta(SCOPE).unwrap();
+        let params = store.version(SCOPE, meta.version).unwrap().unwrap();
+        engine.stop();
+        (metrics, meta.version, params)
+    };
+    let (plain, plain_version, plain_params) = run(0);
+    let (idle, idle_version, idle_params) = run(2);
+    assert_eq!(plain.idle_replay_steps.get(), 0);
+    assert_eq!((plain.steps.get(), plain.replay_only_steps.get()), (10, 1));
+    // Each batch's last round leaves less than a cloud batch queued: two idle steps after each.
+    assert_eq!(idle.idle_replay_steps.get(), 2 + 2);
+    assert_eq!((idle.steps.get(), idle.replay_only_steps.get()), (10, 1), "regular steps unchanged");
+    assert_eq!(idle_version, plain_version, "one version per batch either way");
+    assert_ne!(idle_params, plain_params, "the idle steps moved the parameters");
 }
 
 #[test]

@@ -95,7 +95,8 @@ struct EvalArgs {
     /// Methods, comma-separated: none, bn-stats, upload-all, eata-select, cema-reference,
     /// cema-paper; stats-only (the statistics uplink alone, no images), edge-local (the edge
     /// follows its own statistics, no uploads), uplink-budget (the uplink with first-batch
-    /// statistics, plus the most uncertain quarter of each batch), uplink-random (the same with a
+    /// statistics, plus the most uncertain quarter of each batch), uplink-budget-replay (the same,
+    /// the cloud spending its idle time on replay steps), uplink-random (the same with a
     /// random quarter), random@random-fraction=<p> (a uniform random share). Also available:
     /// random-half, cema-first-batch, cema-stats (cema-reference + the uplink).
     #[arg(
@@ -112,6 +113,13 @@ struct EvalArgs {
     /// Edge agents running at once.
     #[arg(long, default_value_t = 3)]
     parallel: usize,
+    /// Idle replay steps per batch of the `uplink-budget-replay` method's cloud model (at most
+    /// 16).
+    #[arg(long, default_value_t = IDLE_REPLAY_STEPS)]
+    idle_replay_steps: usize,
+    /// Newest replay samples the idle steps draw from (default: the whole buffer).
+    #[arg(long)]
+    idle_replay_window: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -256,12 +264,21 @@ fn edge_spec(
     })
 }
 
-fn cloud_config(student: &Path, foundation: &Path) -> String {
+/// Idle replay steps of the `uplink-budget-replay` method's cloud model (chosen on the seed-1
+/// validation stream).
+const IDLE_REPLAY_STEPS: usize = 2;
+/// Its replay window (newest samples drawn from; `None`: the whole buffer).
+const IDLE_REPLAY_WINDOW: Option<usize> = None;
+
+fn cloud_config(student: &Path, foundation: &Path, (idle_replay_steps, window): (usize, Option<usize>)) -> String {
+    let idle_replay_window = window.map(|w| format!("idle_replay_window = {w}\n")).unwrap_or_default();
     format!(
         "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
          [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n\n\
          [models.cemafb]\nedge = {s:?}\nfoundation = {f:?}\n[models.cemafb.adapt]\nstats_init = \"first_batch\"\n\n\
-         [models.stats]\nedge = {s:?}\nfoundation = {f:?}\n[models.stats.adapt]\nstudent_statistics = \"edge\"\n",
+         [models.stats]\nedge = {s:?}\nfoundation = {f:?}\n[models.stats.adapt]\nstudent_statistics = \"edge\"\n\n\
+         [models.statsidle]\nedge = {s:?}\nfoundation = {f:?}\n[models.statsidle.adapt]\nstudent_statistics = \"edge\"\n\
+         idle_replay_steps = {idle_replay_steps}\n{idle_replay_window}",
         s = student.display().to_string(),
         f = foundation.display().to_string()
     )
@@ -305,7 +322,11 @@ fn demo(args: DemoArgs) -> Result<()> {
             args.extend(selector_flags(&c.selector)?);
             specs.push(edge_spec(&bins, &data, &format!("edge-{}", i + 1), "cema", &student, pacing, args)?);
         }
-        let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
+        let cloud = CloudProcess::start(
+            &bins,
+            &data,
+            &cloud_config(&student, &foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW)),
+        )?;
         eprintln!("CEMA, {label}: cloud on {}, {} edges streaming", cloud.grpc, specs.len());
         fleet::run_edges(&bins, &cloud, &specs, specs.len())?;
         let metrics = cloud.metrics().unwrap_or_default();
@@ -482,13 +503,19 @@ fn method_setup(method: &str, selector: &str) -> Result<(Vec<String>, &'static s
         "uplink-budget" => {
             (s(&[UPLINK, "true", "--stats-init", "first_batch", "--preset", "upload-all", "--budget", "0.25"]), "stats")
         }
+        // The same uploads; the cloud spends its idle time between batches on replay
+        // (`idle_replay_steps`, `--idle-replay-steps`).
+        "uplink-budget-replay" => (
+            s(&[UPLINK, "true", "--stats-init", "first_batch", "--preset", "upload-all", "--budget", "0.25"]),
+            "statsidle",
+        ),
         // The same with a uniform random quarter: what the budget rule must beat.
         "uplink-random" => (
             s(&[UPLINK, "true", "--stats-init", "first_batch", "--preset", "upload-all", "--random-fraction", "0.25"]),
             "stats",
         ),
         other => bail!(
-            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch, stats-only, edge-local, cema-stats, uplink-budget, uplink-random, random@random-fraction=<p> or random-half"
+            "unknown method `{other}`: use none, bn-stats, upload-all, eata-select, cema-reference, cema-paper, cema-first-batch, stats-only, edge-local, cema-stats, uplink-budget, uplink-budget-replay, uplink-random, random@random-fraction=<p> or random-half"
         ),
     };
     let inherited = if base.starts_with("cema-") { selector } else { "" };
@@ -598,7 +625,11 @@ fn eval(args: EvalArgs) -> Result<()> {
         specs.push(spec);
     }
     if !specs.is_empty() {
-        let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
+        let cloud = CloudProcess::start(
+            &bins,
+            &data,
+            &cloud_config(&student, &foundation, (args.idle_replay_steps, args.idle_replay_window)),
+        )?;
         eprintln!("{} adapted streams on cloud {} ({} at a time)", specs.len(), cloud.grpc, args.parallel);
         fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;
         cloud.stop()?;
@@ -768,7 +799,11 @@ fn bench(args: BenchArgs) -> Result<()> {
         args.extend(flags);
         specs.push(edge_spec(&bins, &data, &stream_device_id(method, m, "bench"), model, &student, "lockstep", args)?);
     }
-    let cloud = CloudProcess::start(&bins, &data, &cloud_config(&student, &foundation))?;
+    let cloud = CloudProcess::start(
+        &bins,
+        &data,
+        &cloud_config(&student, &foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW)),
+    )?;
     eprintln!("cloud {}: {} and {} in turn, lockstep", cloud.grpc, methods[0], methods[1]);
     // One edge at a time, so that step times and latencies are not shared between streams.
     fleet::run_edges(&bins, &cloud, &specs, 1)?;
