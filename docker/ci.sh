@@ -89,11 +89,16 @@ pass "image sizes within targets (cloud < 250 MB, edge < 150 MB over the base)"
 # --- helpers ------------------------------------------------------------------------------
 cid() { compose ps -q "$1"; }
 # GET over the container's loopback with bash's /dev/tcp (the images carry no curl); body only.
-http_get() {
+# GET inside a container; a fourth argument is sent as a header line. `http_status` prints the
+# status code instead of the body.
+http_raw() {
+  local header=${4:+$4\\r\\n}
   docker exec "$(cid "$1")" bash -c \
-    "exec 3<>/dev/tcp/127.0.0.1/$2 && printf 'GET $3 HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 && cat <&3" \
-    | tr -d '\r' | sed '1,/^$/d'
+    "exec 3<>/dev/tcp/127.0.0.1/$2 && printf 'GET $3 HTTP/1.0\r\nHost: localhost\r\n${header}\r\n' >&3 && cat <&3" \
+    | tr -d '\r'
 }
+http_get() { http_raw "$@" | sed '1,/^$/d'; }
+http_status() { http_raw "$@" | awk 'NR == 1 { print $2 }'; }
 metric() { http_get "$1" 9091 /metrics | awk -v n="$2" '$1 == n { print $2 }'; }
 wait_healthy() {
   local deadline=$(( $(date +%s) + $2 ))
@@ -104,7 +109,8 @@ wait_healthy() {
 }
 summary_of() { compose logs --no-color "$1" | grep -o 'cema-edge: device=.*' | tail -1; }
 field() { printf '%s\n' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
-scopes() { http_get cloud 9090 /scopes; }
+operator_token() { docker exec "$(cid cloud)" cat /var/lib/cema/operator.token; }
+scopes() { http_get cloud 9090 /scopes "Authorization: Bearer $(operator_token)"; }
 
 # --- the fleet ----------------------------------------------------------------------------
 say "starting the fleet (project $project)"
@@ -113,6 +119,13 @@ compose up -d >/dev/null 2>&1 || { compose up -d; fail "compose up"; }
 wait_healthy cloud 120
 for e in edge-1 edge-2 edge-3; do wait_healthy "$e" 60; done
 pass "cloud and 3 edges healthy"
+
+# Operators: /scopes needs the operator token; devices are managed on the running cloud.
+[ "$(http_status cloud 9090 /scopes)" = 401 ] || fail "/scopes answered without the operator token"
+listed=$(docker exec "$(cid cloud)" cema-cloud --data-dir /var/lib/cema device --server http://127.0.0.1:50051 list) \
+  || fail "device list through the operator API"
+grep -q '^edge-1 ' <<<"$listed" || fail "the operator API did not list edge-1: $listed"
+pass "/scopes refuses a request without the operator token; the operator API lists the devices"
 
 # Cut edge-3 off for 25 s while it streams; it keeps predicting and queues its selections.
 sleep 5

@@ -151,6 +151,7 @@ async fn ingest(devices: usize, seconds: f64) -> Result<String, String> {
     let config = CloudConfig {
         grpc_addr: "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?,
         admin_addr: "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?,
+        operator_token_file: None,
         engine_workers: 1,
         models: BTreeMap::from([(
             "default".to_owned(),

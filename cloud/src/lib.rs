@@ -1,17 +1,19 @@
-//! The CEMA cloud service.
-//!
-//! Built so far: the device [`registry`], which issues per-device bearer tokens (shown once,
-//! stored only as SHA-256 hashes in sled) and authenticates them in constant time, and
-//! [`check`], which tells a user whether their ONNX model can be adapted. The gRPC service,
-//! ingest, the adaptation engine and parameter broadcast build on them.
+//! The CEMA cloud service: the device [`registry`] (per-device bearer tokens, stored as
+//! SHA-256 hashes), the `cema.v1.Cema` gRPC [`service`] (register, ingest, parameter
+//! broadcast), the durable [`store`] (sled + write-ahead log), the adaptation [`engine`] and its
+//! step ([`adapt`]), the operators' access ([`operator`]: operator token, device management on
+//! a running cloud), and the [`server`] that binds them with the admin HTTP endpoints. The
+//! model tools (`check`, `evaluate`, `pretrain`, `builtin`, `bench`) live here too for now.
 
 pub mod adapt;
+pub mod backup;
 pub mod bench;
 pub mod builtin;
 pub mod check;
 pub mod engine;
 pub mod evaluate;
 pub mod metrics;
+pub mod operator;
 pub mod pretrain;
 pub mod registry;
 pub mod server;

@@ -41,9 +41,28 @@ enum Command {
     /// Parameter versions of an adaptation scope (run while the service is stopped).
     #[command(subcommand)]
     Params(ParamsCommand),
-    /// Manage the devices allowed to connect.
-    #[command(subcommand)]
-    Device(DeviceCommand),
+    /// Manage the devices allowed to connect: in the state folder while the cloud is stopped,
+    /// or through a running cloud's operator API with `--server`.
+    Device(DeviceArgs),
+    /// Write a consistent snapshot of the state (devices, queues, replay buffers, adaptation
+    /// state, versions, acknowledged seqs) to a file: from a running cloud with `--server`, or
+    /// from the state folder while the cloud is stopped. The file is checked before it is kept.
+    Backup {
+        /// The backup file to write.
+        file: PathBuf,
+        /// A running cloud's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
+        #[arg(long, env = "CEMA_CLOUD_SERVER")]
+        server: Option<String>,
+        /// The operator token's file, with `--server` (default: `<data dir>/operator.token`).
+        #[arg(long, env = "CEMA_OPERATOR_TOKEN_FILE")]
+        operator_token_file: Option<PathBuf>,
+    },
+    /// Restore a backup into `--data-dir`, which must be empty or absent; then `serve` it. The
+    /// operator token is not part of a backup: the first start writes a new one.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// Inspect models.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -161,6 +180,20 @@ enum ModelCommand {
     },
 }
 
+#[derive(clap::Args)]
+struct DeviceArgs {
+    /// A running cloud's gRPC endpoint, e.g. `http://127.0.0.1:50051`: the change goes through
+    /// its operator API and takes effect at once (a revoked or rotated token's open streams
+    /// end). Without it the state folder is changed directly, which needs the cloud stopped.
+    #[arg(long, env = "CEMA_CLOUD_SERVER", global = true)]
+    server: Option<String>,
+    /// The operator token's file, with `--server` (default: `<data dir>/operator.token`).
+    #[arg(long, env = "CEMA_OPERATOR_TOKEN_FILE", global = true)]
+    operator_token_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
 #[derive(Subcommand)]
 enum DeviceCommand {
     /// Register a device and print its token (shown once; only its hash is stored).
@@ -175,6 +208,11 @@ enum DeviceCommand {
     List,
     /// Revoke a device's token; its connections are refused from then on.
     Revoke {
+        /// Device id.
+        id: String,
+    },
+    /// Issue a new token for a device (printed once); the old one stops working.
+    Rotate {
         /// Device id.
         id: String,
     },
@@ -237,7 +275,46 @@ fn main() -> Result<()> {
             println!("{line}");
             Ok(())
         }
-        Command::Device(command) => device(&cli.data_dir, command),
+        Command::Device(DeviceArgs { server: Some(server), operator_token_file, command }) => {
+            let token_file =
+                operator_token_file.unwrap_or_else(|| cema_cloud::operator::OperatorToken::default_path(&cli.data_dir));
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(device_remote(&server, &token_file, command))
+        }
+        Command::Device(DeviceArgs { server: None, command, .. }) => device(&cli.data_dir, command),
+        Command::Backup { file, server, operator_token_file } => {
+            let summary = match server {
+                Some(server) => {
+                    let token_file = operator_token_file
+                        .unwrap_or_else(|| cema_cloud::operator::OperatorToken::default_path(&cli.data_dir));
+                    let runtime = tokio::runtime::Runtime::new()?;
+                    runtime.block_on(backup_remote(&server, &token_file, &file))?
+                }
+                None => {
+                    let db = open_state(&cli.data_dir)?;
+                    cema_cloud::backup::snapshot(&db, &file)?
+                }
+            };
+            println!(
+                "backup {}: {} trees, {} entries, {} bytes, checksum verified",
+                file.display(),
+                summary.trees,
+                summary.entries,
+                summary.bytes
+            );
+            Ok(())
+        }
+        Command::Restore { file } => {
+            let summary = cema_cloud::backup::restore(&file, &cli.data_dir)?;
+            println!(
+                "restored {} into {}: {} trees, {} entries",
+                file.display(),
+                cli.data_dir.display(),
+                summary.trees,
+                summary.entries
+            );
+            Ok(())
+        }
     }
 }
 
@@ -310,27 +387,123 @@ fn pretrain(args: PretrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The state database of a stopped cloud.
+fn open_state(data_dir: &std::path::Path) -> Result<sled::Db> {
+    sled::open(data_dir.join("state")).with_context(|| {
+        format!(
+            "opening the cloud state in {} (if the cloud is running, use --server <its gRPC endpoint>)",
+            data_dir.display()
+        )
+    })
+}
+
+/// Streams a running cloud's snapshot into `file` (via a partial file, verified, renamed).
+async fn backup_remote(
+    server: &str,
+    token_file: &std::path::Path,
+    file: &std::path::Path,
+) -> Result<cema_cloud::backup::SnapshotSummary> {
+    use cema_proto::v1::{BackupRequest, operator_client::OperatorClient};
+    use std::io::Write;
+    let token = cema_cloud::operator::read_token(token_file)?;
+    let mut client = OperatorClient::connect(server.to_owned())
+        .await
+        .with_context(|| format!("connecting to {server}"))?
+        .max_decoding_message_size(cema_proto::MAX_MESSAGE_BYTES);
+    let mut chunks = client
+        .backup(authorized(&token, BackupRequest {})?)
+        .await
+        .map_err(|s| anyhow::anyhow!("{server} refused: {}", s.message()))?
+        .into_inner();
+    let partial = file.with_extension("partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?,
+    );
+    while let Some(chunk) = chunks.message().await.map_err(|s| anyhow::anyhow!("backup stream: {}", s.message()))? {
+        out.write_all(&chunk.data)?;
+    }
+    out.into_inner()?.sync_all()?;
+    let summary = cema_cloud::backup::verify(&partial)?;
+    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
+    Ok(summary)
+}
+
 fn device(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
-    let db = sled::open(data_dir.join("state"))
-        .with_context(|| format!("opening the cloud state in {}", data_dir.display()))?;
+    let db = open_state(data_dir)?;
     let registry = DeviceRegistry::open(&db)?;
     match command {
-        DeviceCommand::Add { id, model } => {
-            let token = registry.add(&id, &model)?;
-            eprintln!("device `{id}` added for model `{model}`; its token (store it now, it is not shown again):");
-            println!("{token}");
-        }
+        DeviceCommand::Add { id, model } => print_token("added for model", &model, &registry.add(&id, &model)?),
         DeviceCommand::List => {
-            println!("{:<24} {:<16} {:<8} created (unix s)", "device", "model", "status");
-            for device in registry.list()? {
-                let status = if device.revoked { "revoked" } else { "active" };
-                println!("{:<24} {:<16} {:<8} {}", device.id, device.model_id, status, device.created_unix_s);
-            }
+            let devices = registry.list()?;
+            print_devices(devices.iter().map(|d| (d.id.as_str(), d.model_id.as_str(), d.revoked, d.created_unix_s)));
         }
         DeviceCommand::Revoke { id } => {
             registry.revoke(&id)?;
             println!("device `{id}` revoked");
         }
+        DeviceCommand::Rotate { id } => {
+            let token = registry.rotate(&id)?;
+            print_token("given a new token; model", &registry.get(&id)?.model_id, &token);
+        }
     }
     Ok(())
+}
+
+/// The same commands through a running cloud's `cema.v1.Operator` service.
+async fn device_remote(server: &str, token_file: &std::path::Path, command: DeviceCommand) -> Result<()> {
+    use cema_proto::v1::{AddDeviceRequest, DeviceRef, ListDevicesRequest, operator_client::OperatorClient};
+    let token = cema_cloud::operator::read_token(token_file)?;
+    let mut client =
+        OperatorClient::connect(server.to_owned()).await.with_context(|| format!("connecting to {server}"))?;
+    let refused = |status: tonic::Status| anyhow::anyhow!("{server} refused: {}", status.message());
+    match command {
+        DeviceCommand::Add { id, model } => {
+            let request = authorized(&token, AddDeviceRequest { device_id: id, model_id: model.clone() })?;
+            let reply = client.add_device(request).await.map_err(refused)?.into_inner();
+            print_token("added for model", &model, &reply.token);
+        }
+        DeviceCommand::List => {
+            let reply =
+                client.list_devices(authorized(&token, ListDevicesRequest {})?).await.map_err(refused)?.into_inner();
+            print_devices(
+                reply.devices.iter().map(|d| (d.device_id.as_str(), d.model_id.as_str(), d.revoked, d.created_unix_s)),
+            );
+        }
+        DeviceCommand::Revoke { id } => {
+            client.revoke_device(authorized(&token, DeviceRef { device_id: id.clone() })?).await.map_err(refused)?;
+            println!("device `{id}` revoked; its open streams were ended");
+        }
+        DeviceCommand::Rotate { id } => {
+            let reply = client
+                .rotate_device(authorized(&token, DeviceRef { device_id: id })?)
+                .await
+                .map_err(refused)?
+                .into_inner();
+            let model = reply.device.map(|d| d.model_id).unwrap_or_default();
+            print_token("given a new token; model", &model, &reply.token);
+        }
+    }
+    Ok(())
+}
+
+/// A request carrying the operator token.
+fn authorized<T>(token: &str, message: T) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(cema_proto::AUTHORIZATION, cema_proto::bearer(token).parse()?);
+    Ok(request)
+}
+
+/// A new token on stdout (alone, for scripts), what happened on stderr.
+fn print_token(what: &str, model: &str, token: &str) {
+    let id = token.rsplit_once('.').map_or("", |(id, _)| id);
+    eprintln!("device `{id}` {what} `{model}`; its token (store it now, it is not shown again):");
+    println!("{token}");
+}
+
+fn print_devices<'a>(devices: impl Iterator<Item = (&'a str, &'a str, bool, u64)>) {
+    println!("{:<24} {:<16} {:<8} created (unix s)", "device", "model", "status");
+    for (id, model, revoked, created) in devices {
+        let status = if revoked { "revoked" } else { "active" };
+        println!("{id:<24} {model:<16} {status:<8} {created}");
+    }
 }

@@ -59,6 +59,9 @@ pub enum RegistryError {
     /// No device has this id.
     #[error("no device `{0}`")]
     UnknownDevice(String),
+    /// The device was revoked; revoked ids are not given tokens again.
+    #[error("device `{0}` is revoked; add the device under a new id")]
+    Revoked(String),
     /// The stored record cannot be decoded.
     #[error("stored record of device `{0}` is corrupt")]
     Corrupt(String),
@@ -98,7 +101,7 @@ pub struct DeviceRegistry {
     devices: sled::Tree,
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (1..=MAX_DEVICE_ID_LEN).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
@@ -127,9 +130,7 @@ impl DeviceRegistry {
                 return Err(RegistryError::InvalidId { what, id: value.to_owned() });
             }
         }
-        let mut secret = [0u8; SECRET_BYTES];
-        getrandom::fill(&mut secret).map_err(|e| RegistryError::Random(e.to_string()))?;
-        let secret_hex = hex::encode(secret);
+        let secret_hex = new_secret()?;
         let record = StoredDevice {
             model_id: model_id.to_owned(),
             token_hash: hash(secret_hex.as_bytes()).to_vec(),
@@ -166,14 +167,43 @@ impl DeviceRegistry {
     }
 
     /// Revokes a device's token for good (flushed before returning).
-    pub fn revoke(&self, id: &str) -> Result<(), RegistryError> {
+    pub fn revoke(&self, id: &str) -> Result<Device, RegistryError> {
+        self.update(id, |record| {
+            record.revoked = true;
+            Ok(())
+        })
+    }
+
+    /// Replaces a device's token by a new one, returned once; the old one stops working
+    /// (flushed before returning). A revoked device is refused.
+    pub fn rotate(&self, id: &str) -> Result<String, RegistryError> {
+        let secret_hex = new_secret()?;
+        self.update(id, |record| {
+            if record.revoked {
+                return Err(RegistryError::Revoked(id.to_owned()));
+            }
+            record.token_hash = hash(secret_hex.as_bytes()).to_vec();
+            Ok(())
+        })?;
+        Ok(format!("{id}.{secret_hex}"))
+    }
+
+    /// Changes a stored record and flushes it; `change` failing changes nothing.
+    fn update(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut StoredDevice) -> Result<(), RegistryError>,
+    ) -> Result<Device, RegistryError> {
+        if !valid_id(id) {
+            return Err(RegistryError::InvalidId { what: "device id", id: id.to_owned() });
+        }
+        let _writes = crate::store::write_guard();
         let value = self.devices.get(id)?.ok_or_else(|| RegistryError::UnknownDevice(id.to_owned()))?;
         let mut record = StoredDevice::decode(value.as_ref()).map_err(|_| RegistryError::Corrupt(id.to_owned()))?;
-        record.revoked = true;
-        let _writes = crate::store::write_guard();
+        change(&mut record)?;
         self.devices.insert(id, record.encode_to_vec())?;
         self.db.flush()?;
-        Ok(())
+        decode(id, &record.encode_to_vec())
     }
 
     /// The device a bearer token belongs to.
@@ -204,6 +234,23 @@ impl DeviceRegistry {
             revoked: false,
         })
     }
+}
+
+/// A token secret: 256 random bits as hex.
+pub(crate) fn new_secret() -> Result<String, RegistryError> {
+    let mut secret = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut secret).map_err(|e| RegistryError::Random(e.to_string()))?;
+    Ok(hex::encode(secret))
+}
+
+/// The SHA-256 of a secret presented as a string, compared with `expected` in constant time.
+pub(crate) fn secret_matches(presented: &str, expected: &[u8; 32]) -> bool {
+    constant_time_eq(&hash(presented.as_bytes()), expected)
+}
+
+/// The SHA-256 of a secret.
+pub(crate) fn secret_hash(secret: &str) -> [u8; 32] {
+    hash(secret.as_bytes())
 }
 
 fn decode(id: &str, value: &[u8]) -> Result<Device, RegistryError> {

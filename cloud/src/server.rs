@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use cema_core::{Manifest, OnnxModel};
 use cema_proto::MAX_MESSAGE_BYTES;
 use cema_proto::v1::cema_server::CemaServer;
+use cema_proto::v1::operator_server::OperatorServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::adapt::AdaptConfig;
 use crate::engine::{Engine, ModelEntry, ScopeKind};
 use crate::metrics::Metrics;
+use crate::operator::{OperatorService, OperatorToken};
 use crate::registry::DeviceRegistry;
 use crate::service::CloudService;
 use crate::store::Store;
@@ -29,8 +31,12 @@ use crate::store::Store;
 pub struct CloudConfig {
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
-    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`).
+    /// Admin HTTP listen address (`/metrics`, `/healthz`, `/readyz`, `/scopes`); loopback by
+    /// default.
     pub admin_addr: SocketAddr,
+    /// The operator token's file (default `<data dir>/operator.token`, written with a new
+    /// token at the first start when missing).
+    pub operator_token_file: Option<PathBuf>,
     /// Engine threads (each adapts one scope at a time).
     pub engine_workers: usize,
     /// Served models by id.
@@ -79,7 +85,8 @@ impl Default for CloudConfig {
             BTreeMap::from([("default".to_owned(), ModelConfig::new("models/student.onnx", "models/foundation.onnx"))]);
         Self {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
-            admin_addr: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            operator_token_file: None,
             engine_workers: 1,
             models,
         }
@@ -91,7 +98,7 @@ impl CloudConfig {
     /// engine worker.
     pub fn loopback(models: BTreeMap<String, ModelConfig>) -> Self {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self { grpc_addr: any_port, admin_addr: any_port, engine_workers: 1, models }
+        Self { grpc_addr: any_port, admin_addr: any_port, operator_token_file: None, engine_workers: 1, models }
     }
 
     /// Reads a config file; model paths become relative to its folder.
@@ -154,6 +161,8 @@ pub struct Cloud {
     engine: Arc<Engine>,
     threads: Vec<std::thread::JoinHandle<()>>,
     service: CloudService,
+    operator: OperatorService,
+    operator_token: OperatorToken,
     registry: DeviceRegistry,
     metrics: Arc<Metrics>,
     db: sled::Db,
@@ -171,12 +180,32 @@ impl Cloud {
             format!("opening the cloud state in {} (is another cema-cloud using it?)", data_dir.display())
         })?;
         let registry = DeviceRegistry::open(&db)?;
+        let token_path = match &config.operator_token_file {
+            Some(path) => path.clone(),
+            None => OperatorToken::default_path(data_dir),
+        };
+        let operator_token = OperatorToken::load_or_create(&token_path)?;
         let store = Store::open(&db)?.with_wal(&data_dir.join("ingest.wal"))?;
         let metrics = Arc::new(Metrics::default());
         let (engine, threads) =
             Engine::start(store, models, config.engine_workers, Arc::clone(&metrics)).map_err(anyhow::Error::msg)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let service = CloudService::new(Arc::clone(&engine), registry.clone(), Arc::clone(&metrics), shutdown_rx);
+        let (registry_changed, registry_changed_rx) = watch::channel(0u64);
+        let service = CloudService::new(
+            Arc::clone(&engine),
+            registry.clone(),
+            Arc::clone(&metrics),
+            shutdown_rx,
+            registry_changed_rx,
+        );
+        let operator = OperatorService::new(
+            (db.clone(), data_dir),
+            Arc::clone(&engine),
+            registry.clone(),
+            operator_token.clone(),
+            Arc::clone(&metrics),
+            Arc::new(registry_changed),
+        );
         let grpc = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
@@ -189,6 +218,8 @@ impl Cloud {
             engine,
             threads,
             service,
+            operator,
+            operator_token,
             registry,
             metrics,
             db,
@@ -237,10 +268,16 @@ impl Cloud {
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
             .add_service(cema)
+            .add_service(OperatorServer::new(self.operator.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             });
-        let admin = admin_router(Arc::clone(&self.engine), Arc::clone(&self.metrics), Arc::clone(&self.ready));
+        let admin = admin_router(
+            Arc::clone(&self.engine),
+            Arc::clone(&self.metrics),
+            Arc::clone(&self.ready),
+            self.operator_token.clone(),
+        );
         let mut admin_stop = self.shutdown.subscribe();
         let admin = axum::serve(self.admin, admin).with_graceful_shutdown(async move {
             let _ = admin_stop.wait_for(|s| *s).await;
@@ -269,7 +306,12 @@ impl Cloud {
     }
 }
 
-fn admin_router(engine: Arc<Engine>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> axum::Router {
+fn admin_router(
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    operator_token: OperatorToken,
+) -> axum::Router {
     let store = engine.store().clone();
     let render: cema_edge::admin::Render = Arc::new(move || {
         let (scopes, watchers) = engine.counts();
@@ -277,17 +319,33 @@ fn admin_router(engine: Arc<Engine>, metrics: Arc<Metrics>, ready: Arc<AtomicBoo
     });
     cema_edge::admin::router(render, ready).route(
         "/scopes",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let store = store.clone();
-            async move { scopes_json(&store) }
+            let authorization = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            let allowed = operator_token.accepts(authorization);
+            async move { if allowed { scopes_json(&store) } else { unauthorized() } }
         }),
     )
 }
 
-/// `GET /scopes`: every scope's version, steps, replay and queue sizes, and per device the
-/// highest acknowledged seq — what an operator checks after a restart or an outage.
-fn scopes_json(store: &Store) -> (axum::http::StatusCode, [(axum::http::HeaderName, &'static str); 1], String) {
-    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+type JsonReply = (axum::http::StatusCode, [(axum::http::HeaderName, &'static str); 2], String);
+
+/// 401 for an admin request without the operator token.
+fn unauthorized() -> JsonReply {
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(axum::http::header::CONTENT_TYPE, "application/json"), (axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        "{\"error\":\"this endpoint needs `Authorization: Bearer <operator token>` (the cloud's operator.token)\"}\n"
+            .to_owned(),
+    )
+}
+
+/// `GET /scopes` (operator token): every scope's version, steps, replay and queue sizes, and
+/// per device the highest acknowledged seq — what an operator checks after a restart or an
+/// outage.
+fn scopes_json(store: &Store) -> JsonReply {
+    let json =
+        [(axum::http::header::CONTENT_TYPE, "application/json"), (axum::http::header::CACHE_CONTROL, "no-store")];
     match store.summaries().map_err(anyhow::Error::from).and_then(|s| Ok(serde_json::to_string_pretty(&s)?)) {
         Ok(body) => (axum::http::StatusCode::OK, json, body + "\n"),
         Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, json, format!("{{\"error\":{:?}}}\n", e.to_string())),

@@ -24,20 +24,26 @@ pub struct CloudService {
     registry: DeviceRegistry,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// Changes after a revocation or rotation (`crate::operator`): open streams check their
+    /// token again and end with UNAUTHENTICATED if it no longer holds.
+    registry_changed: watch::Receiver<u64>,
 }
 
 impl CloudService {
-    /// A service over the engine and registry; `shutdown` ends open streams when it turns true.
+    /// A service over the engine and registry; `shutdown` ends open streams when it turns
+    /// true, a change of `registry_changed` makes them check their token again.
     pub fn new(
         engine: Arc<Engine>,
         registry: DeviceRegistry,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
+        registry_changed: watch::Receiver<u64>,
     ) -> Self {
-        Self { engine, registry, metrics, shutdown }
+        Self { engine, registry, metrics, shutdown, registry_changed }
     }
 
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<Device, Status> {
+    /// The bearer token of a request.
+    fn bearer<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let value = request
             .metadata()
             .get(AUTHORIZATION)
@@ -45,6 +51,14 @@ impl CloudService {
         let token = value.to_str().ok().and_then(parse_bearer).ok_or_else(|| {
             self.refuse("unauthenticated", Status::unauthenticated("authorization must be `Bearer <token>`"))
         })?;
+        Ok(token.to_owned())
+    }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Device, Status> {
+        self.authenticate_token(&self.bearer(request)?)
+    }
+
+    fn authenticate_token(&self, token: &str) -> Result<Device, Status> {
         self.registry.authenticate(token).map_err(|e| match e {
             AuthError::Unavailable => Status::unavailable("the device registry is unavailable"),
             AuthError::Revoked => self.refuse("revoked", Status::unauthenticated("the device's token was revoked")),
@@ -173,12 +187,14 @@ impl Cema for CloudService {
     type UploadStream = BoxStream<UploadAck>;
 
     async fn upload(&self, request: Request<Streaming<UploadRequest>>) -> Result<Response<Self::UploadStream>, Status> {
-        let device = self.authenticate(&request)?;
+        let token = self.bearer(&request)?;
+        let device = self.authenticate_token(&token)?;
         let service = self.clone();
         let mut incoming = request.into_inner();
         // Bounded: a client that does not read its acks stops being read from.
         let (tx, rx) = mpsc::channel(16);
         let mut shutdown = self.shutdown.clone();
+        let mut registry_changed = self.registry_changed.clone();
         tokio::spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -186,6 +202,13 @@ impl Cema for CloudService {
                     _ = stopped(&mut shutdown) => {
                         let _ = tx.send(Err(Status::unavailable("the cloud is shutting down"))).await;
                         return;
+                    }
+                    Ok(()) = registry_changed.changed() => {
+                        if let Err(status) = service.still_authenticated(&token) {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        continue;
                     }
                 };
                 let request = match next {
@@ -215,13 +238,16 @@ impl Cema for CloudService {
         &self,
         request: Request<WatchParamsRequest>,
     ) -> Result<Response<Self::WatchParamsStream>, Status> {
-        let device = self.authenticate(&request)?;
+        let token = self.bearer(&request)?;
+        let device = self.authenticate_token(&token)?;
         let request = request.into_inner();
         let model = self.device_model(&device, &request.device_id)?;
         let scope = model.scope_for(&device.id);
         let mut published = self.engine.subscribe(&scope, &model).map_err(|e| Status::internal(e.to_string()))?;
         let (tx, rx) = mpsc::channel(4);
         let mut shutdown = self.shutdown.clone();
+        let mut registry_changed = self.registry_changed.clone();
+        let service = self.clone();
         let device_id = device.id.clone();
         tokio::spawn(async move {
             let mut sent_version = request.since_version;
@@ -250,6 +276,12 @@ impl Cema for CloudService {
                     changed = published.changed() => if changed.is_err() { return },
                     _ = stopped(&mut shutdown) => return,
                     _ = tx.closed() => return,
+                    Ok(()) = registry_changed.changed() => {
+                        if let Err(status) = service.still_authenticated(&token) {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                    }
                 }
             }
         });
@@ -258,6 +290,20 @@ impl Cema for CloudService {
 }
 
 impl CloudService {
+    /// Whether a stream's token still holds after a registry change.
+    fn still_authenticated(&self, token: &str) -> Result<(), Status> {
+        match self.registry.authenticate(token) {
+            Ok(_) | Err(AuthError::Unavailable) => Ok(()),
+            Err(AuthError::Revoked) => {
+                Err(self.refuse("revoked", Status::unauthenticated("the device's token was revoked")))
+            }
+            Err(_) => Err(self.refuse(
+                "unauthenticated",
+                Status::unauthenticated("the device's token was replaced; connect with the new token"),
+            )),
+        }
+    }
+
     /// Stores one request of the stream authenticated as `authenticated`.
     async fn ingest(&self, authenticated: &str, request: UploadRequest) -> Result<UploadAck, Status> {
         // The registry is read again per request, so a revocation takes effect on the next one.

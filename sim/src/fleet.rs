@@ -50,9 +50,15 @@ pub fn free_port() -> Result<u16> {
 
 /// `GET path` over HTTP/1.0; returns the status code and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    http_get_with(addr, path, None)
+}
+
+/// The same with an `Authorization: Bearer <token>` header when `bearer` is given.
+pub fn http_get_with(addr: SocketAddr, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let authorization = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{authorization}\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);

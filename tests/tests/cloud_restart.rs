@@ -8,30 +8,12 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use cema_proto::v1::{BatchEnd, Sample, UploadRequest, WatchParamsRequest};
+use cema_proto::v1::{UploadRequest, WatchParamsRequest};
 use support::*;
-
-fn request(device: &str, first_seq: u64, samples: u64, batch: Option<u64>) -> UploadRequest {
-    let mut r = UploadRequest { device_id: device.into(), samples: Vec::new(), batch_ends: Vec::new() };
-    for k in 0..samples {
-        let seq = first_seq + k;
-        r.samples.push(Sample { seq, input: Some(image(seq)), entropy: 0.3, params_version: 0, predicted_class: 0 });
-    }
-    if let Some(b) = batch {
-        r.batch_ends.push(BatchEnd { seq: first_seq + samples, batch: b, predicted: 64, ..Default::default() });
-    }
-    r
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_ingest_loses_no_acknowledged_sample_and_duplicates_none() {
-    let dir = tempfile::tempdir().unwrap();
-    let (student, foundation) = tiny_models(dir.path());
-    let bins = binaries();
-    let data = dir.path().join("cloud");
-    let config = config(&student, &foundation, "");
-    let (cloud, tokens) = cloud_with_devices(&bins, &data, &config, &["d1"]);
-    let token = support::token(&tokens[0]);
+    let TinyCloud { dir: _dir, student, bins, data, config, cloud, token } = tiny_cloud();
 
     // Stream requests of 20 samples without batch ends (no steps), kill -9 mid-stream.
     let mut c = client(&cloud).await;
@@ -41,7 +23,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_sample_and_duplicates_none()
         c.upload(authed(&token, tokio_stream::wrappers::ReceiverStream::new(rx))).await.unwrap().into_inner();
     let sender = tokio::spawn(async move {
         for i in 0..500u64 {
-            if tx.send(request("d1", 1 + i * 20, 20, None)).await.is_err() {
+            if tx.send(upload_request("d1", 1 + i * 20, 20, None)).await.is_err() {
                 break;
             }
         }
@@ -69,7 +51,7 @@ async fn kill_9_during_ingest_loses_no_acknowledged_sample_and_duplicates_none()
     let resend_from = highest_acked.saturating_sub(100) + 1;
     let total = held + 200;
     let requests: Vec<UploadRequest> =
-        (resend_from..=total).step_by(20).map(|s| request("d1", s, 20.min(total - s + 1), None)).collect();
+        (resend_from..=total).step_by(20).map(|s| upload_request("d1", s, 20.min(total - s + 1), None)).collect();
     let mut acks = c.upload(authed(&token, tokio_stream::iter(requests))).await.unwrap().into_inner();
     let mut duplicates = 0u32;
     while let Some(ack) = acks.message().await.unwrap() {
@@ -91,18 +73,13 @@ async fn kill_9_during_ingest_loses_no_acknowledged_sample_and_duplicates_none()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_steps_resumes_and_versions_continue() {
-    let dir = tempfile::tempdir().unwrap();
-    let (student, foundation) = tiny_models(dir.path());
-    let bins = binaries();
-    let data = dir.path().join("cloud");
-    let config = config(&student, &foundation, "");
-    let (cloud, tokens) = cloud_with_devices(&bins, &data, &config, &["d1"]);
-    let token = support::token(&tokens[0]);
+    let TinyCloud { dir: _dir, student, bins, data, config, cloud, token } = tiny_cloud();
 
     // 12 batches of 40 samples: by cema-spec, batch k leaves (40k mod 32)… the exact count is
     // simulated below. Everything is acknowledged before the kill; steps are still running.
     let batches = 12u64;
-    let requests: Vec<UploadRequest> = (0..batches).map(|b| request("d1", 1 + b * 41, 40, Some(b + 1))).collect();
+    let requests: Vec<UploadRequest> =
+        (0..batches).map(|b| upload_request("d1", 1 + b * 41, 40, Some(b + 1))).collect();
     let mut c = client(&cloud).await;
     c.register(authed(&token, register("d1", &student))).await.unwrap();
     let mut acks = c.upload(authed(&token, tokio_stream::iter(requests))).await.unwrap().into_inner();

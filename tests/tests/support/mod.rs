@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use cema_core::codec::{self, Compression};
 use cema_core::{Manifest, OnnxModel};
 use cema_proto::v1::cema_client::CemaClient;
-use cema_proto::v1::{self, RegisterRequest};
+use cema_proto::v1::{self, BatchEnd, RegisterRequest, Sample, UploadRequest};
 use cema_sim::fleet::{self, Binaries, CloudProcess};
 use tonic::transport::Channel;
 
@@ -55,6 +55,16 @@ pub(crate) async fn client(cloud: &CloudProcess) -> CemaClient<Channel> {
 /// A gRPC client of the cloud at `endpoint` (`http://host:port`).
 pub(crate) async fn connect(endpoint: &str) -> CemaClient<Channel> {
     CemaClient::connect(endpoint.to_owned()).await.unwrap()
+}
+
+/// `device`'s parameter stream from version 0.
+pub(crate) async fn watch_params(
+    client: &mut CemaClient<Channel>,
+    token: &str,
+    device: &str,
+) -> tonic::Streaming<v1::ParamUpdate> {
+    let request = v1::WatchParamsRequest { device_id: device.to_owned(), since_version: 0 };
+    client.watch_params(authed(token, request)).await.unwrap().into_inner()
 }
 
 /// Adds the bearer token to a request.
@@ -108,4 +118,44 @@ pub(crate) fn stored_ids(data: &Path, scope: &str) -> (Vec<u64>, cema_cloud::sto
     let samples = store.replay_samples(scope, &ids).unwrap();
     let acked = store.acked_seq(scope.trim_start_matches("device:")).unwrap();
     (samples.iter().map(image_id).collect(), meta, acked)
+}
+
+/// `samples` uploads from `first_seq` on, then (with `batch`) the batch's end marker.
+pub(crate) fn upload_request(device: &str, first_seq: u64, samples: u64, batch: Option<u64>) -> UploadRequest {
+    let mut r = UploadRequest { device_id: device.into(), samples: Vec::new(), batch_ends: Vec::new() };
+    for k in 0..samples {
+        let seq = first_seq + k;
+        r.samples.push(Sample { seq, input: Some(image(seq)), entropy: 0.3, params_version: 0, predicted_class: 0 });
+    }
+    if let Some(b) = batch {
+        r.batch_ends.push(BatchEnd { seq: first_seq + samples, batch: b, predicted: 64, ..Default::default() });
+    }
+    r
+}
+
+/// A cloud process serving the tiny models to one registered device `d1`.
+pub(crate) struct TinyCloud {
+    /// Holds every file; dropped last.
+    pub dir: tempfile::TempDir,
+    pub student: PathBuf,
+    pub bins: Binaries,
+    /// The cloud's data folder.
+    pub data: PathBuf,
+    /// Its config (without addresses).
+    pub config: String,
+    pub cloud: CloudProcess,
+    /// `d1`'s token.
+    pub token: String,
+}
+
+/// Starts a [`TinyCloud`].
+pub(crate) fn tiny_cloud() -> TinyCloud {
+    let dir = tempfile::tempdir().unwrap();
+    let (student, foundation) = tiny_models(dir.path());
+    let bins = binaries();
+    let data = dir.path().join("cloud");
+    let config = config(&student, &foundation, "");
+    let (cloud, tokens) = cloud_with_devices(&bins, &data, &config, &["d1"]);
+    let token = token(&tokens[0]);
+    TinyCloud { dir, student, bins, data, config, cloud, token }
 }
