@@ -11,6 +11,7 @@
 //! that the two sides agree byte for byte.
 
 pub mod codec;
+pub mod draft;
 pub mod manifest;
 pub mod math;
 pub mod norm;

@@ -319,7 +319,7 @@ impl Manifest {
 }
 
 /// Dims of a tensor value info: `Some(v)` for fixed axes, `None` for symbolic ones.
-fn static_dims(info: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
+pub(crate) fn static_dims(info: &ValueInfoProto) -> Option<Vec<Option<i64>>> {
     let TypeProto { value: Some(type_proto::Value::TensorType(tensor)), .. } = info.r#type.as_ref()? else {
         return None;
     };

@@ -41,8 +41,11 @@ fn peak_rss_mb() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// Runs the benchmark; returns the closing `key=value` line.
-pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, String> {
+/// Runs the benchmark; returns the closing `key=value` line. With `agent_only` the process
+/// holds only what a deployed agent holds — its session and, during an update, one prepared
+/// session — so `peak_rss_mb` is the agent's footprint; the raw and statistics comparisons
+/// are skipped.
+pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) -> Result<String, String> {
     let library = OrtLibrary::get(None).map_err(|e| e.to_string())?;
     let model = OnnxModel::load(model_path).map_err(|e| e.to_string())?;
     let manifest = Manifest::load(Manifest::path_for(model_path)).map_err(|e| e.to_string())?;
@@ -72,11 +75,15 @@ pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, St
         }
         Ok((batch * batches) as f64 / t.elapsed().as_secs_f64())
     };
-    let raw_rate = timed(&model)?;
-    // The same with each normalisation layer's input statistics as extra outputs (the
-    // statistics uplink, edge-local adaptation): what they cost, fusion lost included.
-    let observed = observed_statistics_model(&model, &NormDiscovery::of(&model)).map_err(|e| e.to_string())?;
-    let statistics_vs_raw = timed(&observed.model)? / raw_rate;
+    let (raw_rate, statistics_vs_raw) = if agent_only {
+        (f64::NAN, f64::NAN)
+    } else {
+        let raw_rate = timed(&model)?;
+        // The same with each normalisation layer's input statistics as extra outputs (the
+        // statistics uplink, edge-local adaptation): what they cost, fusion lost included.
+        let observed = observed_statistics_model(&model, &NormDiscovery::of(&model)).map_err(|e| e.to_string())?;
+        (raw_rate, timed(&observed.model)? / raw_rate)
+    };
 
     // Agent: raw u8 samples → preprocess → predict → select → outbox (sled, flushed).
     let dir = std::env::temp_dir().join(format!("cema-edge-bench-{}", std::process::id()));
@@ -113,19 +120,40 @@ pub fn run(model_path: &Path, batch: usize, batches: usize) -> Result<String, St
     for tensor in params.tensors.values_mut() {
         tensor.values.iter_mut().for_each(|v| *v *= 1.01);
     }
-    let mut runtime = Runtime::new(OrtLibrary::get(None).map_err(|e| e.to_string())?, model, manifest, 1)
-        .map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    let prepared = runtime.prepare(&params).map_err(|e| e.to_string())?;
-    runtime.swap(prepared);
-    let swap_ms = t.elapsed().as_secs_f64() * 1e3;
+    let swap_ms = if agent_only {
+        // The agent's own runtime prepares the update beside its serving session, as in service.
+        let t = Instant::now();
+        let prepared = agent.runtime().prepare(&params).map_err(|e| e.to_string())?;
+        let prepare_ms = t.elapsed().as_secs_f64() * 1e3;
+        drop(prepared);
+        prepare_ms
+    } else {
+        let mut runtime = Runtime::new(OrtLibrary::get(None).map_err(|e| e.to_string())?, model, manifest, 1)
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let prepared = runtime.prepare(&params).map_err(|e| e.to_string())?;
+        runtime.swap(prepared);
+        t.elapsed().as_secs_f64() * 1e3
+    };
     drop(agent);
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 
     let ratio = agent_rate / raw_rate;
     let overhead = select / inference.max(1.0);
-    println!("model {}, batch {batch}, {batches} batches, 1 intra-op thread", model_path.display());
+    println!(
+        "model {}, batch {batch}, {batches} batches, 1 intra-op thread{}",
+        model_path.display(),
+        if agent_only { ", agent only" } else { "" }
+    );
+    if agent_only {
+        println!("agent (preprocess, predict, select, outbox): {agent_rate:.0} images/s");
+        println!("parameter update (validate + patch + prepared session): {swap_ms:.1} ms");
+        return Ok(format!(
+            "agent_only=1 swap_ms={swap_ms:.1} peak_rss_mb={:.1} agent_img_per_s={agent_rate:.0}",
+            peak_rss_mb()
+        ));
+    }
     println!("raw Session::run: {raw_rate:.0} images/s");
     println!(
         "agent (preprocess, predict, select, outbox): {agent_rate:.0} images/s ({:.1}% of raw); selected {:.1}% of random inputs",

@@ -15,6 +15,8 @@ use cema_shift::{Corruption, Protocol, Scenario, ScenarioConfig};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+mod manifest_init;
+
 /// The CEMA edge agent: forward-only inference, selective upload, live parameter updates.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
@@ -49,7 +51,22 @@ enum Command {
         /// Batches per measurement.
         #[arg(long, default_value_t = 50)]
         batches: usize,
+        /// Hold only what a deployed agent holds (its session and one prepared update), so
+        /// `peak_rss_mb` is the agent's footprint; skips the raw comparisons.
+        #[arg(long)]
+        agent_only: bool,
     },
+    /// Model manifests (the TOML beside each `.onnx`).
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+}
+
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Draft `<model>.toml` from the graph: input name and shape, layout, logits output,
+    /// class names (`--classes`), preprocessing preset. Validated against the model before it
+    /// is written; an existing manifest is kept unless `--force`.
+    Init(manifest_init::InitArgs),
 }
 
 #[derive(Args, Default, Deserialize)]
@@ -197,7 +214,8 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Reset { data_dir } => reset(&data_dir),
-        Command::Bench { model, batch, batches } => cema_edge_bench(&model, batch, batches),
+        Command::Bench { model, batch, batches, agent_only } => cema_edge_bench(&model, batch, batches, agent_only),
+        Command::Manifest(ManifestCommand::Init(args)) => manifest_init::init(args),
     };
     if let Err(e) = result {
         eprintln!("cema-edge: error: {e:#}");
@@ -598,8 +616,8 @@ fn reset(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cema_edge_bench(model: &Path, batch: usize, batches: usize) -> Result<()> {
-    let line = cema_edge::bench::run(model, batch.max(1), batches.max(1)).map_err(anyhow::Error::msg)?;
+fn cema_edge_bench(model: &Path, batch: usize, batches: usize, agent_only: bool) -> Result<()> {
+    let line = cema_edge::bench::run(model, batch.max(1), batches.max(1), agent_only).map_err(anyhow::Error::msg)?;
     println!("{line}");
     Ok(())
 }
