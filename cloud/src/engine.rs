@@ -415,6 +415,13 @@ impl Engine {
         if config.method != CloudMethod::Cema || meta.replay_len() < config.replay_min as u64 {
             return Ok(());
         }
+        // The newest `idle_replay_window` samples, or the whole buffer.
+        let window = ScopeMeta {
+            replay_head: config
+                .idle_replay_window
+                .map_or(meta.replay_head, |w| meta.replay_head.max(meta.replay_next.saturating_sub(w as u64))),
+            ..meta.clone()
+        };
         for step in 1..=config.idle_replay_steps as u64 {
             if handle.scheduled.load(Ordering::Acquire) {
                 break;
@@ -422,13 +429,6 @@ impl Engine {
             if !commit.stepped && !commit.new_version {
                 state.student.version = meta.version + 1;
             }
-            let window = ScopeMeta {
-                replay_head: match config.idle_replay_window {
-                    Some(w) => meta.replay_head.max(meta.replay_next.saturating_sub(w as u64)),
-                    None => meta.replay_head,
-                },
-                ..meta.clone()
-            };
             let replayed =
                 self.replay(scope, &window, config.replay_only_batch, &handle.model, state.student.version, step)?;
             let refs: Vec<&SampleValues> = replayed.iter().collect();

@@ -432,7 +432,7 @@ fn device(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
     let db = open_state(data_dir)?;
     let registry = DeviceRegistry::open(&db)?;
     match command {
-        DeviceCommand::Add { id, model } => print_token("added for model", &model, &registry.add(&id, &model)?),
+        DeviceCommand::Add { id, model } => print_token(&id, "added for model", &model, &registry.add(&id, &model)?),
         DeviceCommand::List => {
             let devices = registry.list()?;
             print_devices(devices.iter().map(|d| (d.id.as_str(), d.model_id.as_str(), d.revoked, d.created_unix_s)));
@@ -443,7 +443,7 @@ fn device(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
         }
         DeviceCommand::Rotate { id } => {
             let token = registry.rotate(&id)?;
-            print_token("given a new token; model", &registry.get(&id)?.model_id, &token);
+            print_token(&id, "given a new token; model", &registry.get(&id)?.model_id, &token);
         }
     }
     Ok(())
@@ -460,7 +460,12 @@ async fn device_remote(server: &str, token_file: &std::path::Path, command: Devi
         DeviceCommand::Add { id, model } => {
             let request = authorized(&token, AddDeviceRequest { device_id: id, model_id: model.clone() })?;
             let reply = client.add_device(request).await.map_err(refused)?.into_inner();
-            print_token("added for model", &model, &reply.token);
+            print_token(
+                &reply.device.map(|d| d.device_id).unwrap_or_default(),
+                "added for model",
+                &model,
+                &reply.token,
+            );
         }
         DeviceCommand::List => {
             let reply =
@@ -479,8 +484,8 @@ async fn device_remote(server: &str, token_file: &std::path::Path, command: Devi
                 .await
                 .map_err(refused)?
                 .into_inner();
-            let model = reply.device.map(|d| d.model_id).unwrap_or_default();
-            print_token("given a new token; model", &model, &reply.token);
+            let device = reply.device.unwrap_or_default();
+            print_token(&device.device_id, "given a new token; model", &device.model_id, &reply.token);
         }
     }
     Ok(())
@@ -494,8 +499,7 @@ fn authorized<T>(token: &str, message: T) -> Result<tonic::Request<T>> {
 }
 
 /// A new token on stdout (alone, for scripts), what happened on stderr.
-fn print_token(what: &str, model: &str, token: &str) {
-    let id = token.rsplit_once('.').map_or("", |(id, _)| id);
+fn print_token(id: &str, what: &str, model: &str, token: &str) {
     eprintln!("device `{id}` {what} `{model}`; its token (store it now, it is not shown again):");
     println!("{token}");
 }

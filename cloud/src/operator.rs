@@ -164,8 +164,7 @@ impl OperatorService {
             .map_err(registry_status)
     }
 
-    fn token_reply(&self, token: String) -> Result<Response<DeviceToken>, Status> {
-        let id = token.rsplit_once('.').map_or("", |(id, _)| id);
+    fn token_reply(&self, id: &str, token: String) -> Result<Response<DeviceToken>, Status> {
         let device = self.registry.get(id).map_err(registry_status)?;
         Ok(Response::new(DeviceToken { device: Some(info(&device)), token }))
     }
@@ -251,9 +250,10 @@ impl Operator for OperatorService {
         if valid_id(&model_id) && self.engine.model(&model_id).is_none() {
             return Err(Status::not_found(format!("this cloud serves no model `{model_id}`")));
         }
+        let id = device_id.clone();
         let token = self.on_registry(move |r| r.add(&device_id, &model_id)).await?;
-        tracing::info!(device = token.rsplit_once('.').map_or("", |(id, _)| id), "device added by an operator");
-        self.token_reply(token)
+        tracing::info!(device = %id, "device added by an operator");
+        self.token_reply(&id, token)
     }
 
     async fn list_devices(&self, request: Request<ListDevicesRequest>) -> Result<Response<DeviceList>, Status> {
@@ -274,9 +274,10 @@ impl Operator for OperatorService {
     async fn rotate_device(&self, request: Request<DeviceRef>) -> Result<Response<DeviceToken>, Status> {
         self.authorize(&request)?;
         let id = request.into_inner().device_id;
-        let token = self.on_registry(move |r| r.rotate(&id)).await?;
+        let device_id = id.clone();
+        let token = self.on_registry(move |r| r.rotate(&device_id)).await?;
         self.registry_changed.send_modify(|generation| *generation += 1);
-        tracing::info!(device = token.rsplit_once('.').map_or("", |(id, _)| id), "device token rotated by an operator");
-        self.token_reply(token)
+        tracing::info!(device = %id, "device token rotated by an operator");
+        self.token_reply(&id, token)
     }
 }

@@ -5,7 +5,7 @@
 //! or a stated default. The draft is validated as a manifest and against the model before it
 //! is returned.
 
-use crate::manifest::{Layout, Manifest, ManifestError, PixelType, static_dims};
+use crate::manifest::{Layout, Manifest, ManifestError, PixelType, show_dims, static_dims};
 use crate::onnx::OnnxModel;
 
 /// How raw 8-bit pixels become model input.
@@ -103,7 +103,12 @@ pub fn draft(model: &OnnxModel, options: &DraftOptions) -> Result<String, DraftE
         (None, Some(dims)) if dims.len() == 4 && dims[1..].iter().all(Option::is_some) => {
             dims[1..].iter().map(|d| d.unwrap_or(0) as usize).collect()
         }
-        (None, dims) => return Err(DraftError::Shape { input: input.to_string(), dims: show(dims.as_deref()) }),
+        (None, dims) => {
+            return Err(DraftError::Shape {
+                input: input.to_string(),
+                dims: dims.as_deref().map_or_else(|| "unknown".to_owned(), show_dims),
+            });
+        }
     };
     let layout = match options.layout {
         Some(layout) => layout,
@@ -159,12 +164,6 @@ fn guess_layout(shape: &[usize]) -> Option<Layout> {
         [c, _, w] if is_channels(*w) && !is_channels(*c) => Some(Layout::Nhwc),
         _ => None,
     }
-}
-
-fn show(dims: Option<&[Option<i64>]>) -> String {
-    let Some(dims) = dims else { return "unknown".to_owned() };
-    let parts: Vec<String> = dims.iter().map(|d| d.map_or("?".to_owned(), |v| v.to_string())).collect();
-    format!("[{}]", parts.join(", "))
 }
 
 struct Rendered<'a> {

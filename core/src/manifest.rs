@@ -340,7 +340,7 @@ fn dims_agree(model: &[Option<i64>], manifest: &[usize]) -> bool {
     model.len() == manifest.len() && model.iter().zip(manifest).all(|(m, s)| m.is_none_or(|m| m as usize == *s))
 }
 
-fn show_dims(dims: &[Option<i64>]) -> String {
+pub(crate) fn show_dims(dims: &[Option<i64>]) -> String {
     let parts: Vec<String> = dims.iter().map(|d| d.map_or("?".to_owned(), |v| v.to_string())).collect();
     format!("[{}]", parts.join(", "))
 }
