@@ -117,9 +117,9 @@ struct EvalArgs {
     /// 16).
     #[arg(long, default_value_t = IDLE_REPLAY_STEPS)]
     idle_replay_steps: usize,
-    /// Newest replay samples the idle steps draw from (default: the whole buffer).
-    #[arg(long)]
-    idle_replay_window: Option<usize>,
+    /// Newest replay samples the idle steps draw from (default 256; 0: the whole buffer).
+    #[arg(long, default_value_t = IDLE_REPLAY_WINDOW.unwrap_or(0))]
+    idle_replay_window: usize,
 }
 
 #[derive(clap::Args)]
@@ -266,9 +266,9 @@ fn edge_spec(
 
 /// Idle replay steps of the `uplink-budget-replay` method's cloud model (chosen on the seed-1
 /// validation stream).
-const IDLE_REPLAY_STEPS: usize = 2;
+const IDLE_REPLAY_STEPS: usize = 4;
 /// Its replay window (newest samples drawn from; `None`: the whole buffer).
-const IDLE_REPLAY_WINDOW: Option<usize> = None;
+const IDLE_REPLAY_WINDOW: Option<usize> = Some(256);
 
 fn cloud_config(student: &Path, foundation: &Path, (idle_replay_steps, window): (usize, Option<usize>)) -> String {
     let idle_replay_window = window.map(|w| format!("idle_replay_window = {w}\n")).unwrap_or_default();
@@ -628,7 +628,11 @@ fn eval(args: EvalArgs) -> Result<()> {
         let cloud = CloudProcess::start(
             &bins,
             &data,
-            &cloud_config(&student, &foundation, (args.idle_replay_steps, args.idle_replay_window)),
+            &cloud_config(
+                &student,
+                &foundation,
+                (args.idle_replay_steps, Some(args.idle_replay_window).filter(|&w| w > 0)),
+            ),
         )?;
         eprintln!("{} adapted streams on cloud {} ({} at a time)", specs.len(), cloud.grpc, args.parallel);
         fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;
