@@ -2,41 +2,49 @@
 # The Docker check: builds a Debian base without a registry, runtime images from binaries
 # built on the host, starts the compose fleet (one cloud, three edges) and verifies, for real:
 #   1. the images' sizes (printed, over the base);
-#   2. every edge receives parameter updates;
-#   3. an edge cut off the network (docker network disconnect) for a while keeps serving,
+#   2. gRPC is mutual TLS end to end: the operator API answers a client certificate of the
+#      fleet's CA, and refuses a plaintext client; Prometheus scrapes the cloud and every edge
+#      (all targets up);
+#   3. every edge receives parameter updates;
+#   4. an edge cut off the network (docker network disconnect) for a while keeps serving,
 #      queues its selections, and after reconnecting drains its outbox: the cloud then holds
 #      every sample it selected exactly once;
-#   4. docker stop of an edge mid-stream is clean (exit 0, outbox drained);
-#   5. docker restart of the cloud keeps versions, replay buffers and acknowledged seqs;
-#   6. docker stop of the cloud is clean (exit 0) and loses no acknowledged sample.
+#   5. docker stop of an edge mid-stream is clean (exit 0, outbox drained);
+#   6. docker restart of the cloud keeps versions, replay buffers and acknowledged seqs;
+#   7. docker stop of the cloud is clean (exit 0) and loses no acknowledged sample.
 # Tears everything down after. Exits non-zero on any failed check.
 #
 #   bash docker/ci.sh
 #
 # Environment: CEMA_PROFILE=release|debug (which host build to package; default release,
 # built if missing), CEMA_KEEP=1 to leave the fleet running for a look. The edges stream
-# 3 corruptions × CEMA_SAMPLES_PER_SEGMENT (default here 256) at CEMA_EDGE_FPS (default 16)
-# images/s: long enough for the outage, short enough for the cloud to catch up.
+# 3 corruptions × CEMA_SAMPLES_PER_SEGMENT (default here 320) at CEMA_EDGE_FPS (default 16)
+# images/s: long enough for the Prometheus check and the outage, short enough for the cloud
+# to catch up.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 started=$(date +%s)
 profile="${CEMA_PROFILE:-release}"
 project="cemaci$$"
-export CEMA_SAMPLES_PER_SEGMENT="${CEMA_SAMPLES_PER_SEGMENT:-256}" CEMA_EDGE_FPS="${CEMA_EDGE_FPS:-16}"
+export CEMA_SAMPLES_PER_SEGMENT="${CEMA_SAMPLES_PER_SEGMENT:-320}" CEMA_EDGE_FPS="${CEMA_EDGE_FPS:-16}"
 # The cloud's admin port on the host's loopback (compose publishes it): any free one.
-CEMA_ADMIN_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-export CEMA_ADMIN_PORT
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+CEMA_ADMIN_PORT="$(free_port)"
+# Prometheus's API on the host's loopback.
+CEMA_PROMETHEUS_PORT="$(free_port)"
+export CEMA_ADMIN_PORT CEMA_PROMETHEUS_PORT
 base=cema-base:bookworm
 cloud_image=cema-cloud:ci
 edge_image=cema-edge:ci
+prometheus_image=cema-prometheus:ci
 
 say() { printf 'docker-ci: %s\n' "$*"; }
 pass() { printf 'docker-ci: PASS %s\n' "$*"; }
 fail() {
   printf 'docker-ci: FAIL %s\n' "$*" >&2
   if [ -n "${compose_up:-}" ]; then
-    for s in cloud edge-1 edge-2 edge-3; do
+    for s in cloud edge-1 edge-2 edge-3 prometheus; do
       printf -- '--- last log lines of %s ---\n' "$s" >&2
       compose logs --no-color --tail 15 "$s" >&2 || true
     done
@@ -44,10 +52,11 @@ fail() {
   exit 1
 }
 
+images() { CEMA_CLOUD_IMAGE=$cloud_image CEMA_EDGE_IMAGE=$edge_image CEMA_PROMETHEUS_IMAGE=$prometheus_image "$@"; }
 if command -v docker-compose >/dev/null; then
-  compose() { CEMA_CLOUD_IMAGE=$cloud_image CEMA_EDGE_IMAGE=$edge_image docker-compose -f docker/compose.yml -p "$project" "$@"; }
+  compose() { images docker-compose -f docker/compose.yml -p "$project" "$@"; }
 elif docker compose version >/dev/null 2>&1; then
-  compose() { CEMA_CLOUD_IMAGE=$cloud_image CEMA_EDGE_IMAGE=$edge_image docker compose -f docker/compose.yml -p "$project" "$@"; }
+  compose() { images docker compose -f docker/compose.yml -p "$project" "$@"; }
 else
   fail "neither docker-compose nor docker compose is installed"
 fi
@@ -77,6 +86,9 @@ for kind in cloud edge; do
   docker build -q -f "docker/$kind.Dockerfile" --target prebuilt --build-arg RUNTIME_IMAGE=$base -t "$image" . >/dev/null \
     || fail "docker build of $image"
 done
+# Debian's prometheus package on the same base; the layer cache makes a rebuild a no-op.
+docker build -q -f docker/prometheus.Dockerfile --build-arg BASE_IMAGE=$base -t "$prometheus_image" . >/dev/null \
+  || fail "docker build of $prometheus_image"
 base_size=$(docker image inspect -f '{{.Size}}' $base)
 mb() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1e6 }'; }
 cloud_over=$(( $(docker image inspect -f '{{.Size}}' $cloud_image) - base_size ))
@@ -110,6 +122,20 @@ wait_healthy() {
 summary_of() { compose logs --no-color "$1" | grep -o 'cema-edge: device=.*' | tail -1; }
 field() { printf '%s\n' "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k { print $2 }'; }
 operator_token() { docker exec "$(cid cloud)" cat /var/lib/cema/operator.token; }
+# The operator's CLI inside the cloud's container, over mutual TLS with the operator's certificate.
+operator_cli() {
+  docker exec "$(cid cloud)" cema-cloud --data-dir /var/lib/cema "$@" --server https://localhost:50051 \
+    --ca-cert /tls/ca.pem --client-cert /tls/operator.pem --client-key /tls/operator.key
+}
+# Prometheus's view of its scrape targets: "job instance health" lines.
+prometheus_targets() {
+  python3 - "$CEMA_PROMETHEUS_PORT" <<'PY'
+import json, sys, urllib.request
+with urllib.request.urlopen("http://127.0.0.1:%s/api/v1/targets" % sys.argv[1], timeout=5) as r:
+    for t in json.load(r)["data"]["activeTargets"]:
+        print(t["labels"]["job"], t["labels"]["instance"], t["health"])
+PY
+}
 scopes() { http_get cloud 9090 /scopes "Authorization: Bearer $(operator_token)"; }
 
 # --- the fleet ----------------------------------------------------------------------------
@@ -120,12 +146,25 @@ wait_healthy cloud 120
 for e in edge-1 edge-2 edge-3; do wait_healthy "$e" 60; done
 pass "cloud and 3 edges healthy"
 
-# Operators: /scopes needs the operator token; devices are managed on the running cloud.
+# Operators: /scopes needs the operator token; devices are managed on the running cloud, over
+# mutual TLS; a plaintext client gets no answer.
 [ "$(http_status cloud 9090 /scopes)" = 401 ] || fail "/scopes answered without the operator token"
-listed=$(docker exec "$(cid cloud)" cema-cloud --data-dir /var/lib/cema device --server http://127.0.0.1:50051 list) \
-  || fail "device list through the operator API"
+listed=$(operator_cli device list) || fail "device list through the operator API over mutual TLS"
 grep -q '^edge-1 ' <<<"$listed" || fail "the operator API did not list edge-1: $listed"
-pass "/scopes refuses a request without the operator token; the operator API lists the devices"
+if timeout 30 docker exec "$(cid cloud)" cema-cloud --data-dir /var/lib/cema device --server http://127.0.0.1:50051 --plaintext list \
+  >/dev/null 2>&1; then
+  fail "the cloud answered a plaintext client"
+fi
+pass "gRPC is mutual TLS: the operator API lists the devices for the operator's certificate, refuses plaintext; /scopes needs the operator token"
+
+# Prometheus scrapes the cloud and all three edges while they stream.
+deadline=$(( $(date +%s) + 60 ))
+until targets=$(prometheus_targets 2>/dev/null) && [ "$(grep -c ' up$' <<<"$targets")" = 4 ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "Prometheus does not report its 4 targets up within 60 s:
+${targets:-no answer from its API}"
+  sleep 2
+done
+pass "Prometheus reports every target up: $(awk '{ printf "%s%s", sep, $2; sep = ", " }' <<<"$targets")"
 
 # Cut edge-3 off for 25 s while it streams; it keeps predicting and queues its selections.
 sleep 5

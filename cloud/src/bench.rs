@@ -148,22 +148,10 @@ async fn ingest(devices: usize, seconds: f64) -> Result<String, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (model, _) = crate::builtin::write_tiny_models(dir.path()).map_err(|e| e.to_string())?;
     let manifest_text = crate::builtin::BuiltIn::Student.manifest_toml(&[]);
-    let config = CloudConfig {
-        grpc_addr: "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?,
-        admin_addr: "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?,
-        operator_token_file: None,
-        engine_workers: 1,
-        models: BTreeMap::from([(
-            "default".to_owned(),
-            ModelConfig {
-                edge: model.clone(),
-                foundation: model.clone(),
-                scope: Default::default(),
-                keep_versions: 5,
-                adapt: Default::default(),
-            },
-        )]),
-    };
+    // Loopback and plaintext: the figure is the ingest path's, not TLS's.
+    let mut model_config = ModelConfig::new(model.clone(), model.clone());
+    model_config.keep_versions = 5;
+    let config = CloudConfig::loopback(BTreeMap::from([("default".to_owned(), model_config)]));
     let cloud = Cloud::start(&config, &dir.path().join("data")).await.map_err(|e| format!("{e:#}"))?;
     let addr = format!("http://{}", cloud.grpc_addr());
     let registry = cloud.registry();

@@ -114,6 +114,23 @@ pub struct Published {
     pub through: Arc<HashMap<String, u64>>,
 }
 
+/// One scope's figures for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeGauges {
+    /// The scope id.
+    pub scope: String,
+    /// Latest parameter version.
+    pub version: u64,
+    /// Adaptation steps so far.
+    pub steps: u64,
+    /// Samples in the replay buffer.
+    pub replay: u64,
+    /// Samples waiting for a step.
+    pub queued_samples: u64,
+    /// Connected parameter watchers.
+    pub watchers: usize,
+}
+
 struct ScopeHandle {
     model: Arc<ModelEntry>,
     published: watch::Sender<Published>,
@@ -205,6 +222,26 @@ impl Engine {
     pub fn counts(&self) -> (usize, usize) {
         let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
         (scopes.len(), scopes.values().map(|s| s.published.receiver_count()).sum())
+    }
+
+    /// Per-scope gauges of the first `limit` scopes in scope order (stable from scrape to
+    /// scrape), and how many scopes were left out.
+    pub fn scope_gauges(&self, limit: usize) -> Result<(Vec<ScopeGauges>, usize), StoreError> {
+        let (metas, total) = self.store.first_metas(limit)?;
+        let scopes = self.scopes.lock().unwrap_or_else(|e| e.into_inner());
+        let gauges = metas
+            .into_iter()
+            .map(|(scope, meta)| ScopeGauges {
+                watchers: scopes.get(&scope).map_or(0, |s| s.published.receiver_count()),
+                version: meta.version,
+                steps: meta.steps,
+                replay: meta.replay_len(),
+                queued_samples: meta.queued_samples,
+                scope,
+            })
+            .collect::<Vec<_>>();
+        let omitted = total - gauges.len();
+        Ok((gauges, omitted))
     }
 
     fn scope(&self, scope: &str, model: &Arc<ModelEntry>) -> Result<Arc<ScopeHandle>, StoreError> {

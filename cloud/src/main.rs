@@ -9,6 +9,7 @@ use cema_cloud::builtin::BuiltIn;
 use cema_cloud::evaluate::evaluate;
 use cema_cloud::pretrain::PretrainOptions;
 use cema_cloud::server::{Cloud, CloudConfig, termination};
+use cema_proto::transport::{ClientTlsFiles, ClientTransport, ServerTlsFiles};
 use clap::{Parser, Subcommand};
 
 /// The CEMA cloud: adapts edge models under distribution shift.
@@ -37,7 +38,24 @@ enum Command {
         /// Admin HTTP listen address (overrides the config).
         #[arg(long, env = "CEMA_CLOUD_ADMIN_ADDR")]
         admin_addr: Option<std::net::SocketAddr>,
+        /// Serve gRPC without TLS (the config's `plaintext = true`): nothing encrypted, the
+        /// cloud not authenticated — only on a network you trust.
+        #[arg(long, env = "CEMA_CLOUD_PLAINTEXT")]
+        plaintext: bool,
+        /// PEM certificate chain of the gRPC port (the config's `[tls] cert`); needs --tls-key.
+        #[arg(long, env = "CEMA_CLOUD_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// Its PEM private key (`[tls] key`).
+        #[arg(long, env = "CEMA_CLOUD_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// PEM CA of client certificates (`[tls] client_ca`): every client must present one
+        /// it signed (mutual TLS).
+        #[arg(long, env = "CEMA_CLOUD_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
+    /// TLS material for a private deployment.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Parameter versions of an adaptation scope (run while the service is stopped).
     #[command(subcommand)]
     Params(ParamsCommand),
@@ -50,12 +68,14 @@ enum Command {
     Backup {
         /// The backup file to write.
         file: PathBuf,
-        /// A running cloud's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
+        /// A running cloud's gRPC endpoint, e.g. `https://127.0.0.1:50051`.
         #[arg(long, env = "CEMA_CLOUD_SERVER")]
         server: Option<String>,
         /// The operator token's file, with `--server` (default: `<data dir>/operator.token`).
         #[arg(long, env = "CEMA_OPERATOR_TOKEN_FILE")]
         operator_token_file: Option<PathBuf>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Restore a backup into `--data-dir`, which must be empty or absent; then `serve` it. The
     /// operator token is not part of a backup: the first start writes a new one.
@@ -178,11 +198,33 @@ enum ModelCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Write an architecture of the zoo with seeded random weights (ONNX only; draft its
+    /// manifest with `cema-edge manifest init`): for benchmarks and checks at sizes no
+    /// shipped model has.
+    Zoo {
+        /// Which architecture.
+        #[arg(value_enum)]
+        arch: ZooArch,
+        /// The ONNX file to write (an existing one is kept).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ZooArch {
+    /// The small 224-px depthwise CNN of `bench compute` (10 classes).
+    Mobile224,
+    /// MobileNet v1 at 224 px with 1,000 classes (≈ 4.2 M parameters).
+    MobilenetV1,
 }
 
 #[derive(clap::Args)]
 struct DeviceArgs {
-    /// A running cloud's gRPC endpoint, e.g. `http://127.0.0.1:50051`: the change goes through
+    /// A running cloud's gRPC endpoint, e.g. `https://127.0.0.1:50051`: the change goes through
     /// its operator API and takes effect at once (a revoked or rotated token's open streams
     /// end). Without it the state folder is changed directly, which needs the cloud stopped.
     #[arg(long, env = "CEMA_CLOUD_SERVER", global = true)]
@@ -190,8 +232,63 @@ struct DeviceArgs {
     /// The operator token's file, with `--server` (default: `<data dir>/operator.token`).
     #[arg(long, env = "CEMA_OPERATOR_TOKEN_FILE", global = true)]
     operator_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     #[command(subcommand)]
     command: DeviceCommand,
+}
+
+/// How `--server` is reached: TLS (the default) or plaintext.
+#[derive(clap::Args)]
+struct ClientTlsArgs {
+    /// PEM CA certificate the cloud's certificate must chain to (default: the system's roots).
+    #[arg(long, env = "CEMA_CLOUD_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for a cloud that requires one (mutual TLS); needs --client-key.
+    #[arg(long, env = "CEMA_CLOUD_CLIENT_CERT", global = true)]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(long, env = "CEMA_CLOUD_CLIENT_KEY", global = true)]
+    client_key: Option<PathBuf>,
+    /// Name the cloud's certificate must carry, when it differs from the endpoint's host.
+    #[arg(long, global = true)]
+    tls_server_name: Option<String>,
+    /// Reach an http:// `--server` without TLS.
+    #[arg(long, global = true)]
+    plaintext: bool,
+}
+
+impl ClientTlsArgs {
+    /// A channel to `server` with these settings.
+    async fn connect(&self, server: &str) -> Result<tonic::transport::Channel> {
+        let files = ClientTlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        };
+        let endpoint = ClientTransport::from_options(self.plaintext, &files)?.endpoint(server)?;
+        endpoint.connect().await.with_context(|| format!("connecting to {server}"))
+    }
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a private CA and certificates signed by it, for TLS and mutual TLS without a public
+    /// CA: `ca.pem`/`ca.key`, `server.pem`/`server.key` for every `--server-name`, and
+    /// `<client>.pem`/`<client>.key` per `--client`. Keys are written with mode 0600; an
+    /// existing file is never overwritten.
+    Init {
+        /// Folder to write into (created).
+        #[arg(long, default_value = "tls")]
+        out: PathBuf,
+        /// Names (DNS or IP) the server certificate is valid for; repeat the flag.
+        #[arg(long = "server-name", required = true)]
+        server_names: Vec<String>,
+        /// A client certificate to issue (its common name); repeat the flag.
+        #[arg(long = "client")]
+        clients: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,11 +319,15 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     cema_edge::admin::init_logging();
     match cli.command {
-        Command::Serve { config, grpc_addr, admin_addr } => {
+        Command::Serve { config, grpc_addr, admin_addr, plaintext, tls_cert, tls_key, tls_client_ca } => {
             let mut config = match config {
                 Some(path) => CloudConfig::load(&path)?,
                 None => CloudConfig::default(),
             };
+            config.plaintext |= plaintext;
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(ServerTlsFiles { cert, key, client_ca: tls_client_ca });
+            }
             config.grpc_addr = grpc_addr.unwrap_or(config.grpc_addr);
             config.admin_addr = admin_addr.unwrap_or(config.admin_addr);
             let runtime = tokio::runtime::Runtime::new()?;
@@ -263,6 +364,19 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
+        Command::Model(ModelCommand::Zoo { arch, out, seed }) => {
+            if out.exists() {
+                anyhow::bail!("{} exists; remove it or choose another --out", out.display());
+            }
+            let model = match arch {
+                ZooArch::Mobile224 => cema_compute::zoo::mobile_224(seed)?,
+                ZooArch::MobilenetV1 => cema_compute::zoo::mobilenet_v1_224(seed)?,
+            };
+            std::fs::write(&out, model.encode()).with_context(|| format!("writing {}", out.display()))?;
+            let bn = cema_core::NormDiscovery::of(&model).layers.len();
+            println!("{}: {bn} BN layers; next: cema-edge manifest init {}", out.display(), out.display());
+            Ok(())
+        }
         Command::Pretrain(args) => pretrain(args),
         Command::Bench(BenchCommand::Ingest { devices, seconds }) => {
             let scopes = cema_cloud::bench::bench_idle_scopes(1000).map_err(anyhow::Error::msg)?;
@@ -275,20 +389,26 @@ fn main() -> Result<()> {
             println!("{line}");
             Ok(())
         }
-        Command::Device(DeviceArgs { server: Some(server), operator_token_file, command }) => {
+        Command::Tls(TlsCommand::Init { out, server_names, clients }) => {
+            for file in cema_cloud::certs::init(&out, &server_names, &clients)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
+        Command::Device(DeviceArgs { server: Some(server), operator_token_file, tls, command }) => {
             let token_file =
                 operator_token_file.unwrap_or_else(|| cema_cloud::operator::OperatorToken::default_path(&cli.data_dir));
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(device_remote(&server, &token_file, command))
+            runtime.block_on(device_remote(&server, &tls, &token_file, command))
         }
         Command::Device(DeviceArgs { server: None, command, .. }) => device(&cli.data_dir, command),
-        Command::Backup { file, server, operator_token_file } => {
+        Command::Backup { file, server, operator_token_file, tls } => {
             let summary = match server {
                 Some(server) => {
                     let token_file = operator_token_file
                         .unwrap_or_else(|| cema_cloud::operator::OperatorToken::default_path(&cli.data_dir));
                     let runtime = tokio::runtime::Runtime::new()?;
-                    runtime.block_on(backup_remote(&server, &token_file, &file))?
+                    runtime.block_on(backup_remote(&server, &tls, &token_file, &file))?
                 }
                 None => {
                     let db = open_state(&cli.data_dir)?;
@@ -400,16 +520,15 @@ fn open_state(data_dir: &std::path::Path) -> Result<sled::Db> {
 /// Streams a running cloud's snapshot into `file` (via a partial file, verified, renamed).
 async fn backup_remote(
     server: &str,
+    tls: &ClientTlsArgs,
     token_file: &std::path::Path,
     file: &std::path::Path,
 ) -> Result<cema_cloud::backup::SnapshotSummary> {
     use cema_proto::v1::{BackupRequest, operator_client::OperatorClient};
     use std::io::Write;
     let token = cema_cloud::operator::read_token(token_file)?;
-    let mut client = OperatorClient::connect(server.to_owned())
-        .await
-        .with_context(|| format!("connecting to {server}"))?
-        .max_decoding_message_size(cema_proto::MAX_MESSAGE_BYTES);
+    let mut client =
+        OperatorClient::new(tls.connect(server).await?).max_decoding_message_size(cema_proto::MAX_MESSAGE_BYTES);
     let mut chunks = client
         .backup(authorized(&token, BackupRequest {})?)
         .await
@@ -450,11 +569,15 @@ fn device(data_dir: &std::path::Path, command: DeviceCommand) -> Result<()> {
 }
 
 /// The same commands through a running cloud's `cema.v1.Operator` service.
-async fn device_remote(server: &str, token_file: &std::path::Path, command: DeviceCommand) -> Result<()> {
+async fn device_remote(
+    server: &str,
+    tls: &ClientTlsArgs,
+    token_file: &std::path::Path,
+    command: DeviceCommand,
+) -> Result<()> {
     use cema_proto::v1::{AddDeviceRequest, DeviceRef, ListDevicesRequest, operator_client::OperatorClient};
     let token = cema_cloud::operator::read_token(token_file)?;
-    let mut client =
-        OperatorClient::connect(server.to_owned()).await.with_context(|| format!("connecting to {server}"))?;
+    let mut client = OperatorClient::new(tls.connect(server).await?);
     let refused = |status: tonic::Status| anyhow::anyhow!("{server} refused: {}", status.message());
     match command {
         DeviceCommand::Add { id, model } => {

@@ -6,6 +6,25 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::adapt::DistillReport;
+use crate::engine::ScopeGauges;
+
+/// What `/metrics` reads from the engine at render time.
+#[derive(Debug, Clone, Default)]
+pub struct LiveView {
+    /// Scopes in memory.
+    pub scopes: usize,
+    /// Connected watchers over all scopes.
+    pub watchers: usize,
+    /// Per-scope figures of the first scopes in scope order (at most `scope_metrics_limit`).
+    pub per_scope: Vec<ScopeGauges>,
+    /// Scopes beyond the limit, not labelled.
+    pub omitted: usize,
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -131,8 +150,9 @@ impl Metrics {
         self.distill_sample_kl_max.set(report.sample_kl.iter().copied().fold(0.0f32, f32::max) as f64);
     }
 
-    /// The Prometheus text exposition; `scopes` and `watchers` are read at render time.
-    pub fn render(&self, scopes: usize, watchers: usize) -> String {
+    /// The Prometheus text exposition, with the engine's `live` figures read at render time.
+    pub fn render(&self, live: &LiveView) -> String {
+        let LiveView { scopes, watchers, .. } = *live;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
             cema_edge::admin::metric(&mut out, name, kind, help, value);
@@ -210,6 +230,32 @@ impl Metrics {
         for (reason, n) in self.rejected.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "cema_cloud_rejected_total{{reason=\"{reason}\"}} {n}");
         }
+        render_per_scope(&mut out, live);
         out
     }
+}
+
+/// The per-scope families, one series per labelled scope.
+fn render_per_scope(out: &mut String, live: &LiveView) {
+    type Field = fn(&ScopeGauges) -> u64;
+    let families: [(&str, &str, &str, Field); 5] = [
+        ("cema_cloud_scope_params_version", "gauge", "Latest parameter version of the scope.", |g| g.version),
+        ("cema_cloud_scope_steps_total", "counter", "Adaptation steps of the scope.", |g| g.steps),
+        ("cema_cloud_scope_replay_samples", "gauge", "Samples in the scope's replay buffer.", |g| g.replay),
+        ("cema_cloud_scope_queued_samples", "gauge", "Samples waiting for a step.", |g| g.queued_samples),
+        ("cema_cloud_scope_watchers", "gauge", "Connected parameter watchers of the scope.", |g| g.watchers as u64),
+    ];
+    for (name, kind, help, field) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for gauges in &live.per_scope {
+            let _ = writeln!(out, "{name}{{scope=\"{}\"}} {}", label_value(&gauges.scope), field(gauges));
+        }
+    }
+    cema_edge::admin::metric(
+        out,
+        "cema_cloud_scope_metrics_omitted",
+        "gauge",
+        "Scopes beyond scope_metrics_limit, not labelled in the per-scope families.",
+        live.omitted as f64,
+    );
 }

@@ -9,16 +9,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use cema_core::{Manifest, OnnxModel};
 use cema_proto::MAX_MESSAGE_BYTES;
+use cema_proto::transport::ServerTlsFiles;
 use cema_proto::v1::cema_server::CemaServer;
 use cema_proto::v1::operator_server::OperatorServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::ServerTlsConfig;
 
 use crate::adapt::AdaptConfig;
 use crate::engine::{Engine, ModelEntry, ScopeKind};
-use crate::metrics::Metrics;
+use crate::metrics::{LiveView, Metrics};
 use crate::operator::{OperatorService, OperatorToken};
 use crate::registry::DeviceRegistry;
 use crate::service::CloudService;
@@ -37,8 +39,15 @@ pub struct CloudConfig {
     /// The operator token's file (default `<data dir>/operator.token`, written with a new
     /// token at the first start when missing).
     pub operator_token_file: Option<PathBuf>,
+    /// TLS on the gRPC port (`[tls]`: `cert`, `key`, optional `client_ca` for mutual TLS).
+    pub tls: Option<ServerTlsFiles>,
+    /// Serve gRPC without TLS; must be set explicitly when there is no `[tls]` section.
+    pub plaintext: bool,
     /// Engine threads (each adapts one scope at a time).
     pub engine_workers: usize,
+    /// Scopes labelled in `/metrics`' per-scope families (the first ones in scope order); the
+    /// rest are counted in `cema_cloud_scope_metrics_omitted`, so the label set stays bounded.
+    pub scope_metrics_limit: usize,
     /// Served models by id.
     pub models: BTreeMap<String, ModelConfig>,
 }
@@ -61,6 +70,10 @@ pub struct ModelConfig {
     #[serde(default)]
     pub adapt: AdaptConfig,
 }
+
+/// Default of [`CloudConfig::scope_metrics_limit`]: a fleet of a few dozen devices is labelled
+/// in full; a large one keeps Prometheus' series count flat.
+pub const DEFAULT_SCOPE_METRICS_LIMIT: usize = 64;
 
 fn default_keep_versions() -> u64 {
     20
@@ -87,18 +100,54 @@ impl Default for CloudConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
             operator_token_file: None,
+            tls: None,
+            plaintext: false,
             engine_workers: 1,
+            scope_metrics_limit: DEFAULT_SCOPE_METRICS_LIMIT,
             models,
         }
     }
 }
 
 impl CloudConfig {
-    /// `models` served on 127.0.0.1 with ports the system picks (tests, embedding), one
-    /// engine worker.
+    /// `models` served in plaintext on 127.0.0.1 with ports the system picks (tests,
+    /// embedding), one engine worker.
     pub fn loopback(models: BTreeMap<String, ModelConfig>) -> Self {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self { grpc_addr: any_port, admin_addr: any_port, operator_token_file: None, engine_workers: 1, models }
+        Self {
+            grpc_addr: any_port,
+            admin_addr: any_port,
+            operator_token_file: None,
+            tls: None,
+            plaintext: true,
+            engine_workers: 1,
+            scope_metrics_limit: DEFAULT_SCOPE_METRICS_LIMIT,
+            models,
+        }
+    }
+
+    /// The gRPC port's TLS, loaded; `None` for plaintext, which must have been asked for.
+    pub fn server_tls(&self) -> Result<Option<ServerTlsConfig>> {
+        match (&self.tls, self.plaintext) {
+            (Some(_), true) => {
+                bail!("the config has a [tls] section and asks for plaintext (`plaintext`, --plaintext): choose one")
+            }
+            (Some(files), false) => {
+                let tls = files.load()?;
+                // Building the acceptor parses the key and chain: a bad file fails the start,
+                // before any state is opened.
+                tonic::transport::Server::builder()
+                    .tls_config(tls.clone())
+                    .with_context(|| format!("the TLS certificate {} or its key", files.cert.display()))?;
+                Ok(Some(tls))
+            }
+            (None, true) => Ok(None),
+            (None, false) => bail!(
+                "gRPC needs TLS: add a [tls] section (cert, key, and client_ca for mutual TLS; `cema-cloud tls init` \
+                 makes a private CA and certificates), or serve plaintext explicitly on a network you trust \
+                 (`plaintext = true` or --plaintext)"
+            ),
+        }
     }
 
     /// Reads a config file; model paths become relative to its folder.
@@ -110,6 +159,9 @@ impl CloudConfig {
         for model in config.models.values_mut() {
             model.edge = base.join(&model.edge);
             model.foundation = base.join(&model.foundation);
+        }
+        if let Some(tls) = &mut config.tls {
+            tls.relative_to(base);
         }
         Ok(config)
     }
@@ -157,6 +209,9 @@ impl CloudConfig {
 /// A cloud whose listeners are bound (so tests can bind port 0 and read the address).
 pub struct Cloud {
     grpc: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    /// "TLS", "mutual TLS" or "plaintext", for the log.
+    security: &'static str,
     admin: TcpListener,
     engine: Arc<Engine>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -168,12 +223,19 @@ pub struct Cloud {
     db: sled::Db,
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
+    scope_metrics_limit: usize,
 }
 
 impl Cloud {
     /// Opens the state in `data_dir`, loads the models, starts the engine and binds both
     /// listeners.
     pub async fn start(config: &CloudConfig, data_dir: &Path) -> Result<Self> {
+        let tls = config.server_tls()?;
+        let security = match &config.tls {
+            Some(files) if files.client_ca.is_some() => "mutual TLS",
+            Some(_) => "TLS",
+            None => "plaintext",
+        };
         let models = config.model_entries()?;
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let db = sled::open(data_dir.join("state")).with_context(|| {
@@ -214,6 +276,8 @@ impl Cloud {
             .with_context(|| format!("binding admin HTTP on {}", config.admin_addr))?;
         Ok(Self {
             grpc,
+            tls,
+            security,
             admin,
             engine,
             threads,
@@ -225,6 +289,7 @@ impl Cloud {
             db,
             shutdown,
             ready: Arc::new(AtomicBool::new(false)),
+            scope_metrics_limit: config.scope_metrics_limit,
         })
     }
 
@@ -262,8 +327,12 @@ impl Cloud {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut grpc_stop = self.shutdown.subscribe();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).context("the gRPC port's TLS configuration")?;
+        }
         // Pings drop the streams of devices whose link died silently, so watchers do not pile up.
-        let grpc = tonic::transport::Server::builder()
+        let grpc = builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)
@@ -277,13 +346,14 @@ impl Cloud {
             Arc::clone(&self.metrics),
             Arc::clone(&self.ready),
             self.operator_token.clone(),
+            self.scope_metrics_limit,
         );
         let mut admin_stop = self.shutdown.subscribe();
         let admin = axum::serve(self.admin, admin).with_graceful_shutdown(async move {
             let _ = admin_stop.wait_for(|s| *s).await;
         });
         self.ready.store(true, Ordering::Release);
-        tracing::info!("serving");
+        tracing::info!(grpc = self.security, "serving");
         let shutdown = self.shutdown.clone();
         let ready = Arc::clone(&self.ready);
         tokio::spawn(async move {
@@ -311,11 +381,16 @@ fn admin_router(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     operator_token: OperatorToken,
+    scope_metrics_limit: usize,
 ) -> axum::Router {
     let store = engine.store().clone();
     let render: cema_edge::admin::Render = Arc::new(move || {
         let (scopes, watchers) = engine.counts();
-        metrics.render(scopes, watchers)
+        let (per_scope, omitted) = engine.scope_gauges(scope_metrics_limit).unwrap_or_else(|e| {
+            tracing::warn!(cause = %e, "reading the scopes for /metrics");
+            (Vec::new(), 0)
+        });
+        metrics.render(&LiveView { scopes, watchers, per_scope, omitted })
     });
     cema_edge::admin::router(render, ready).route(
         "/scopes",

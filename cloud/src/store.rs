@@ -428,6 +428,21 @@ impl Store {
         self.scopes.iter().keys().map(|k| Ok(String::from_utf8_lossy(&k?).into_owned())).collect()
     }
 
+    /// The bookkeeping of the first `limit` scopes in scope order, and how many scopes there
+    /// are in all (what `/metrics` labels by scope without an unbounded label set).
+    pub fn first_metas(&self, limit: usize) -> Result<(Vec<(String, ScopeMeta)>, usize), StoreError> {
+        let mut first = Vec::with_capacity(limit.min(1024));
+        let mut total = 0;
+        for entry in self.scopes.iter() {
+            let (key, bytes) = entry?;
+            if first.len() < limit {
+                first.push((String::from_utf8_lossy(&key).into_owned(), decode("scopes", &bytes)?));
+            }
+            total += 1;
+        }
+        Ok((first, total))
+    }
+
     /// Every scope's summary, in scope order.
     pub fn summaries(&self) -> Result<Vec<ScopeSummary>, StoreError> {
         self.scopes()?

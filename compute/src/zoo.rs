@@ -87,11 +87,44 @@ impl ResNetSpec {
     }
 }
 
+/// Blocks of [`mobile_224`]: (pointwise output channels, depthwise stride).
+const MOBILE_224_BLOCKS: [(usize, i64); 4] = [(16, 2), (32, 2), (64, 2), (64, 1)];
+
+/// Blocks of [`mobilenet_v1_224`]: MobileNet v1 (width 1.0), whose first depthwise block
+/// stands in for the usual full 3×3 stem.
+const MOBILENET_V1_BLOCKS: [(usize, i64); 14] = [
+    (32, 2),
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+];
+
 /// A MobileNet-style 224-px, 3-channel, 10-class CNN with random weights: strided depthwise
 /// 3×3 convolutions behind explicit Pad nodes, ReLU6 as Clip, pointwise 1×1 convolutions, BN
-/// after every convolution, global pooling and a Gemm head. An ImageNet-size stand-in for
-/// checks and benchmarks.
+/// after every convolution, global pooling and a Gemm head. A small ImageNet-size stand-in for
+/// checks and benchmarks of the cloud's step.
 pub fn mobile_224(seed: u64) -> Result<OnnxModel, ModelError> {
+    mobile(&MOBILE_224_BLOCKS, 10, seed)
+}
+
+/// The same construction at MobileNet v1's widths with 1,000 classes (≈ 4.2 M parameters, 27
+/// BN layers): an ImageNet-scale model with random weights, for what the edge costs with one
+/// (`cema-edge bench`), where no trained ImageNet model can be shipped.
+pub fn mobilenet_v1_224(seed: u64) -> Result<OnnxModel, ModelError> {
+    mobile(&MOBILENET_V1_BLOCKS, 1000, seed)
+}
+
+fn mobile(blocks: &[(usize, i64)], classes: usize, seed: u64) -> Result<OnnxModel, ModelError> {
     let mut rng = SplitMix64::new(seed);
     let mut g = GraphBuilder::new("mobile", 17);
     let x = g.input("x", &[None, Some(3), Some(224), Some(224)]);
@@ -105,7 +138,7 @@ pub fn mobile_224(seed: u64) -> Result<OnnxModel, ModelError> {
         let params = [rng.vec(c, 0.5, 1.5), rng.vec(c, -0.2, 0.2), rng.vec(c, -0.2, 0.2), rng.vec(c, 0.5, 2.0)];
         g.batch_norm(h, name, [&params[0], &params[1], &params[2], &params[3]], 1e-5)
     };
-    for (i, (out, stride)) in [(16usize, 2i64), (32, 2), (64, 2), (64, 1)].into_iter().enumerate() {
+    for (i, &(out, stride)) in blocks.iter().enumerate() {
         // Depthwise 3x3 after an explicit Pad (stride as given), then pointwise 1x1.
         let padded = g.node("Pad", &[&h, &pads], &[&format!("pad{i}")], &[]);
         let fan = (9 * channels) as f32;
@@ -138,10 +171,10 @@ pub fn mobile_224(seed: u64) -> Result<OnnxModel, ModelError> {
     }
     let pooled = g.node("GlobalAveragePool", &[&h], &["pool"], &[]);
     let flat = g.node("Flatten", &[&pooled], &["flat"], &[]);
-    let w = g.initializer("fc.w", &[10, channels], &rng.vec(10 * channels, -0.3, 0.3));
-    let b = g.initializer("fc.b", &[10], &rng.vec(10, -0.1, 0.1));
+    let w = g.initializer("fc.w", &[classes, channels], &rng.vec(classes * channels, -0.3, 0.3));
+    let b = g.initializer("fc.b", &[classes], &rng.vec(classes, -0.1, 0.1));
     g.node("Gemm", &[&flat, &w, &b], &["logits"], &[("transB", Attr::Int(1))]);
-    g.output("logits", &[None, Some(10)]);
+    g.output("logits", &[None, Some(classes as i64)]);
     g.build()
 }
 

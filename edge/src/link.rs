@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cema_proto::transport::ClientTransport;
 use cema_proto::v1::cema_client::CemaClient;
 use cema_proto::v1::{self, RegisterRequest, UploadRequest, WatchParamsRequest};
 use cema_proto::{AUTHORIZATION, MAX_MESSAGE_BYTES, UPLOAD_BATCH_TARGET_BYTES, bearer};
@@ -16,7 +17,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use crate::metrics::EdgeMetrics;
@@ -49,8 +50,10 @@ const MAX_IN_FLIGHT: usize = 8;
 /// Where and how to reach the cloud.
 #[derive(Debug, Clone)]
 pub struct CloudLink {
-    /// `http://host:port` (or `https://` with TLS).
+    /// `https://host:port` (or `http://` with a plaintext transport).
     pub endpoint: String,
+    /// TLS setting (default: TLS, the cloud verified against the system's roots) or plaintext.
+    pub transport: ClientTransport,
     /// The device token.
     pub token: String,
     /// Upload rate limit in samples per second (`None`: unlimited).
@@ -62,15 +65,21 @@ pub struct CloudLink {
 }
 
 impl CloudLink {
-    /// A link with default backoff (0.2 s doubling to 10 s) and no rate limit.
+    /// A TLS link with default backoff (0.2 s doubling to 10 s) and no rate limit.
     pub fn new(endpoint: impl Into<String>, token: impl Into<String>) -> Self {
         Self {
             endpoint: endpoint.into(),
+            transport: ClientTransport::default(),
             token: token.into(),
             max_samples_per_s: None,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
         }
+    }
+
+    /// The same link over `transport`.
+    pub fn with_transport(self, transport: ClientTransport) -> Self {
+        Self { transport, ..self }
     }
 }
 
@@ -150,8 +159,10 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 async fn connect(link: &CloudLink) -> Result<Client, Failure> {
-    let endpoint = Endpoint::from_shared(link.endpoint.clone())
-        .map_err(|e| Failure::Fatal(format!("bad cloud endpoint `{}`: {e}", link.endpoint)))?
+    let endpoint = link
+        .transport
+        .endpoint(&link.endpoint)
+        .map_err(|e| Failure::Fatal(e.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         // A cut link (cable pulled, network detached) sends no reset: only pings notice it,
         // and the streams then fail and reconnect instead of waiting on TCP for many minutes.

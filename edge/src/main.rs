@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use cema_core::SampleValues;
 use cema_edge::outbox::{FullPolicy, OutboxLimits};
 use cema_edge::{Agent, AgentConfig, CloudLink, OrtLibrary, Pacing, Preset, Runtime};
+use cema_proto::transport::{ClientTlsFiles, ClientTransport};
 use cema_shift::{Corruption, Protocol, Scenario, ScenarioConfig};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -82,10 +83,26 @@ struct RunArgs {
     /// Device id as registered at the cloud. Default: the host name.
     #[arg(long, env = "CEMA_EDGE_DEVICE_ID")]
     device_id: Option<String>,
-    /// Cloud endpoint, e.g. http://127.0.0.1:50051. Without it the agent runs offline
-    /// (selections wait in the outbox).
+    /// Cloud endpoint, e.g. https://cloud.example:50051 (http:// only with --plaintext).
+    /// Without it the agent runs offline (selections wait in the outbox).
     #[arg(long, env = "CEMA_EDGE_CLOUD")]
     cloud: Option<String>,
+    /// PEM CA certificate the cloud's certificate must chain to. Default: the system's roots.
+    #[arg(long, env = "CEMA_EDGE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate for a cloud that requires one (mutual TLS); needs --client-key.
+    #[arg(long, env = "CEMA_EDGE_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    #[arg(long, env = "CEMA_EDGE_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
+    /// Name the cloud's certificate must carry, when it differs from the endpoint's host.
+    #[arg(long, env = "CEMA_EDGE_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
+    /// Talk to an http:// cloud without TLS (nothing encrypted, the cloud not authenticated):
+    /// only on a network you trust.
+    #[arg(long, env = "CEMA_EDGE_PLAINTEXT", num_args = 0..=1, default_missing_value = "true")]
+    plaintext: Option<bool>,
     /// The device token (prefer --token-file or the environment over the command line).
     #[arg(long, env = "CEMA_EDGE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -232,6 +249,11 @@ fn merge(mut args: RunArgs) -> Result<RunArgs> {
         model,
         device_id,
         cloud,
+        ca_cert,
+        client_cert,
+        client_key,
+        tls_server_name,
+        plaintext,
         token,
         token_file,
         data_dir,
@@ -413,6 +435,19 @@ fn selector_config(args: &RunArgs) -> Result<cema_edge::SelectorConfig> {
 
 fn run(args: RunArgs) -> Result<()> {
     let args = merge(args)?;
+    // Checked before anything is opened, so a bad TLS setting changes no state.
+    let transport = ClientTransport::from_options(
+        args.plaintext.unwrap_or(false),
+        &ClientTlsFiles {
+            ca_cert: args.ca_cert.clone(),
+            client_cert: args.client_cert.clone(),
+            client_key: args.client_key.clone(),
+            server_name: args.tls_server_name.clone(),
+        },
+    )?;
+    if let Some(endpoint) = &args.cloud {
+        transport.endpoint(endpoint)?;
+    }
     let model = args.model.clone().unwrap_or_else(|| PathBuf::from("models/student.onnx"));
     let library = OrtLibrary::get(args.ort_library.as_deref())?;
     let runtime = Runtime::load(library, &model, args.threads.unwrap_or(1))
@@ -479,7 +514,7 @@ fn run(args: RunArgs) -> Result<()> {
                     .to_owned(),
                 (None, None) => bail!("--cloud needs a device token (--token-file, CEMA_EDGE_TOKEN or --token)"),
             };
-            let mut link = CloudLink::new(endpoint.clone(), token);
+            let mut link = CloudLink::new(endpoint.clone(), token).with_transport(transport);
             link.max_samples_per_s = args.max_samples_per_s;
             Some(agent.connect(tokio.handle(), link))
         }

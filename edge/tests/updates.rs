@@ -12,6 +12,7 @@ use cema_core::{Manifest, NormParams, SampleValues};
 use cema_edge::agent::{Agent, AgentConfig, Pacing};
 use cema_edge::outbox::OutboxLimits;
 use cema_edge::{CloudLink, OrtLibrary, Preset, Runtime};
+use cema_proto::transport::ClientTransport;
 use cema_proto::v1::cema_server::{Cema, CemaServer};
 use cema_proto::v1::{ParamUpdate, RegisterRequest, RegisterResponse, UploadAck, UploadRequest, WatchParamsRequest};
 use tokio_stream::{Stream, StreamExt as _};
@@ -82,7 +83,10 @@ fn updates_apply_exactly_and_invalid_ones_are_refused() {
         pacing: Pacing::Free,
     };
     let mut agent = Agent::open(runtime, &db, config).unwrap();
-    let _link = agent.connect(rt.handle(), CloudLink::new(format!("http://{addr}"), "cam.token"));
+    let _link = agent.connect(
+        rt.handle(),
+        CloudLink::new(format!("http://{addr}"), "cam.token").with_transport(ClientTransport::plaintext()),
+    );
     let batch = inputs(5);
     let before = agent.push(&batch).unwrap();
     assert!(before.iter().all(|p| p.params_version == 0));

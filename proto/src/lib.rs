@@ -4,9 +4,11 @@
 //! documented there, including how errors map to status codes and the message-size policy.
 //! This crate compiles them (protox, no `protoc`), re-exports the generated types and
 //! service stubs, and converts between wire messages and `cema-core` types so both sides
-//! validate the same way. It holds no networking policy beyond the constants below.
+//! validate the same way. Its networking policy is the constants below and [`transport`]:
+//! TLS by default on both sides, plaintext only when asked for.
 
 mod convert;
+pub mod transport;
 
 pub use convert::{
     ConvertError, manifest_summary, norm_params_from_wire, norm_params_to_wire, sample_from_wire, sample_to_wire,

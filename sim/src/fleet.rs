@@ -90,6 +90,8 @@ pub struct CloudProcess {
     pub grpc: SocketAddr,
     /// Admin HTTP address.
     pub admin: SocketAddr,
+    /// Whether gRPC is served with TLS (the config has a `[tls]` section).
+    pub tls: bool,
     /// Its log file.
     pub log: PathBuf,
 }
@@ -111,14 +113,22 @@ pub fn add_device(bins: &Binaries, data_dir: &Path, device: &str, model: &str) -
 }
 
 impl CloudProcess {
-    /// Starts `cema-cloud serve` with `config` (TOML without addresses; they are added here)
-    /// and waits until `/readyz` answers 200.
+    /// Starts `cema-cloud serve` with `config` (TOML without addresses; they are added here,
+    /// with `plaintext = true` unless `config` has a `[tls]` section) and waits until `/readyz`
+    /// answers 200.
     pub fn start(bins: &Binaries, data_dir: &Path, config: &str) -> Result<Self> {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let path = data_dir.join("cloud.toml");
-        std::fs::write(&path, format!("grpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\n{config}"))?;
+        let plaintext = if has_tls_section(config) { "" } else { "plaintext = true\n" };
+        std::fs::write(&path, format!("grpc_addr = \"{grpc}\"\nadmin_addr = \"{admin}\"\n{plaintext}{config}"))?;
         Self::start_with_config_file(bins, data_dir, &path, grpc, admin)
+    }
+
+    /// The gRPC endpoint: `https://localhost:<port>` with TLS (the name a test certificate
+    /// carries), `http://127.0.0.1:<port>` without.
+    pub fn endpoint(&self) -> String {
+        if self.tls { format!("https://localhost:{}", self.grpc.port()) } else { format!("http://{}", self.grpc) }
     }
 
     /// Starts `cema-cloud serve` with a complete config file whose addresses are given.
@@ -130,6 +140,8 @@ impl CloudProcess {
         admin: SocketAddr,
     ) -> Result<Self> {
         let log = data_dir.join("cloud.log");
+        let tls =
+            has_tls_section(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
         let child = Command::new(&bins.cloud)
             .arg("--data-dir")
             .arg(data_dir)
@@ -141,7 +153,7 @@ impl CloudProcess {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
             .spawn()
             .context("starting cema-cloud")?;
-        let mut cloud = Self { child, grpc, admin, log };
+        let mut cloud = Self { child, grpc, admin, tls, log };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = cloud.child.try_wait()? {
@@ -187,6 +199,10 @@ impl Drop for CloudProcess {
     }
 }
 
+fn has_tls_section(config: &str) -> bool {
+    config.lines().any(|l| l.trim() == "[tls]")
+}
+
 /// Sends a signal with `kill(1)`.
 pub fn signal(pid: u32, name: &str) -> Result<()> {
     let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status()?;
@@ -218,14 +234,16 @@ pub struct EdgeSpec {
     pub args: Vec<String>,
 }
 
-/// Starts `cema-edge run` against a cloud.
+/// Starts `cema-edge run` against a cloud: plaintext when the cloud serves it, else TLS with
+/// the certificate flags the spec's `args` carry.
 pub fn spawn_edge(bins: &Binaries, cloud: &CloudProcess, spec: &EdgeSpec) -> Result<Child> {
     std::fs::create_dir_all(&spec.data_dir)?;
     let log = std::fs::File::create(spec.data_dir.with_extension("log"))?;
     Command::new(&bins.edge)
         .arg("run")
         .arg("--cloud")
-        .arg(format!("http://{}", cloud.grpc))
+        .arg(cloud.endpoint())
+        .args(if cloud.tls { None } else { Some("--plaintext") })
         .arg("--device-id")
         .arg(&spec.device)
         .arg("--token-file")

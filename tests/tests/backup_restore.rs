@@ -38,7 +38,8 @@ async fn a_backup_taken_while_serving_restores_to_the_same_state() {
     // Backup through the running cloud's operator API.
     let backup = dir.path().join("state.backup");
     let server = format!("http://{}", cloud.grpc);
-    let printed = ok(cloud_cli(&bins, &data, &["backup", backup.to_str().unwrap(), "--server", &server]));
+    let printed =
+        ok(cloud_cli(&bins, &data, &["backup", backup.to_str().unwrap(), "--server", &server, "--plaintext"]));
     assert!(printed.contains("checksum verified"), "{printed}");
     assert!(!dir.path().join("state.partial").exists());
     // The operator token guards it.
@@ -48,7 +49,15 @@ async fn a_backup_taken_while_serving_restores_to_the_same_state() {
     let refused = cloud_cli(
         &bins,
         &data,
-        &["backup", other.to_str().unwrap(), "--server", &server, "--operator-token-file", wrong.to_str().unwrap()],
+        &[
+            "backup",
+            other.to_str().unwrap(),
+            "--server",
+            &server,
+            "--plaintext",
+            "--operator-token-file",
+            wrong.to_str().unwrap(),
+        ],
     );
     assert!(!refused.status.success());
     assert!(!other.exists());

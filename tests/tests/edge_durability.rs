@@ -32,6 +32,7 @@ fn cloud_down_kill_9_and_restart_lose_and_duplicate_nothing() {
             .arg(&student)
             .arg("--cloud")
             .arg(format!("http://127.0.0.1:{port}"))
+            .arg("--plaintext")
             .arg("--token-file")
             .arg(&token)
             .arg("--data-dir")
@@ -76,8 +77,11 @@ fn start_on_port(bins: &cema_sim::fleet::Binaries, data: &std::path::Path, confi
     // CloudProcess picks its own ports; this cloud must listen where the agent already points.
     let admin = fleet::free_port().unwrap();
     let path = data.join("fixed.toml");
-    std::fs::write(&path, format!("grpc_addr = \"127.0.0.1:{port}\"\nadmin_addr = \"127.0.0.1:{admin}\"\n{config}"))
-        .unwrap();
+    std::fs::write(
+        &path,
+        format!("grpc_addr = \"127.0.0.1:{port}\"\nadmin_addr = \"127.0.0.1:{admin}\"\nplaintext = true\n{config}"),
+    )
+    .unwrap();
     CloudProcess::start_with_config_file(
         bins,
         data,

@@ -16,6 +16,7 @@ use cema_core::{Encoding, NormDiscovery, OnnxModel, SampleValues, StatsInit, mat
 use cema_edge::agent::{Agent, AgentConfig, Pacing};
 use cema_edge::outbox::OutboxLimits;
 use cema_edge::{CloudLink, OrtLibrary, Preset, Runtime};
+use cema_proto::transport::ClientTransport;
 use cema_proto::v1::{BatchEnd, UploadRequest};
 use tonic::Code;
 
@@ -89,7 +90,10 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
     {
         let db = sled::open(&edge_dir).unwrap();
         let mut agent = open(&db);
-        let link = agent.connect(rt.handle(), CloudLink::new(endpoint.clone(), token.clone()));
+        let link = agent.connect(
+            rt.handle(),
+            CloudLink::new(endpoint.clone(), token.clone()).with_transport(ClientTransport::plaintext()),
+        );
         let served: Vec<f32> = agent.push(&batch).unwrap().iter().map(|p| p.entropy).collect();
         assert_same("batch 1 served", &served, &initialised);
         assert_eq!(agent.metrics().first_batch_inits.load(Ordering::Relaxed), 1);

@@ -127,11 +127,11 @@ fn the_cli_manages_devices_through_a_running_cloud() {
     let cli = |args: &[&str]| {
         std::process::Command::new(&bins.cloud).arg("--data-dir").arg(&data).arg("device").args(args).output().unwrap()
     };
-    let added = cli(&["--server", &server, "add", "cam-7"]);
+    let added = cli(&["--server", &server, "--plaintext", "add", "cam-7"]);
     assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     let token = String::from_utf8(added.stdout).unwrap();
     assert!(token.trim().starts_with("cam-7."), "only the token on stdout: {token}");
-    let listed = cli(&["--server", &server, "list"]);
+    let listed = cli(&["--server", &server, "--plaintext", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).lines().any(|l| l.starts_with("cam-7 ")));
     // Without --server the folder is locked by the running cloud: the error says what to do.
     let offline = cli(&["list"]);
@@ -144,7 +144,8 @@ fn the_cli_manages_devices_through_a_running_cloud() {
     // A wrong operator token file is refused by the cloud.
     let wrong = dir.path().join("wrong.token");
     std::fs::write(&wrong, "0".repeat(64)).unwrap();
-    let refused = cli(&["--server", &server, "--operator-token-file", wrong.to_str().unwrap(), "revoke", "cam-7"]);
+    let refused =
+        cli(&["--server", &server, "--plaintext", "--operator-token-file", wrong.to_str().unwrap(), "revoke", "cam-7"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("operator token"));
     cloud.stop().unwrap();
