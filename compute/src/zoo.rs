@@ -117,7 +117,7 @@ pub fn mobile_224(seed: u64) -> Result<OnnxModel, ModelError> {
     mobile(&MOBILE_224_BLOCKS, 10, seed)
 }
 
-/// The same construction at MobileNet v1's widths with 1,000 classes (≈ 4.2 M parameters, 27
+/// The same construction at MobileNet v1's widths with 1,000 classes (≈ 4.2 M parameters, 28
 /// BN layers): an ImageNet-scale model with random weights, for what the edge costs with one
 /// (`cema-edge bench`), where no trained ImageNet model can be shipped.
 pub fn mobilenet_v1_224(seed: u64) -> Result<OnnxModel, ModelError> {
