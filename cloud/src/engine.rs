@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
+use cema_core::rng::Rng;
 use cema_core::{DecodeLimits, Manifest, ModelFingerprint, NormDiscovery, NormParams, OnnxModel, SampleValues};
 use cema_proto::v1;
-use cema_shift::rng::Rng;
 use tokio::sync::watch;
 
 use crate::adapt::{AdaptConfig, Adapter, CloudMethod, DistillReport, ScopeState, StudentStatistics};

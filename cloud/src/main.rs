@@ -1,14 +1,11 @@
-//! `cema-cloud`: the operators' command: device identity, model checks and evaluation,
-//! pretraining of the built-in models, benchmarks.
+//! `cema-cloud`: the operators' command: the service, device identity, TLS material, state
+//! (parameter versions, backups). Model tools live in `cema-model` (`tools/`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use cema_cloud::DeviceRegistry;
-use cema_cloud::builtin::BuiltIn;
-use cema_cloud::evaluate::evaluate;
-use cema_cloud::pretrain::PretrainOptions;
-use cema_cloud::server::{Cloud, CloudConfig, termination};
+use cema_cloud::server::{Cloud, CloudConfig};
 use cema_proto::transport::{ClientTlsFiles, ClientTransport, ServerTlsFiles};
 use clap::{Parser, Subcommand};
 
@@ -83,59 +80,6 @@ enum Command {
         /// The backup file.
         file: PathBuf,
     },
-    /// Inspect models.
-    #[command(subcommand)]
-    Model(ModelCommand),
-    /// Measure (prints figures, asserts nothing).
-    #[command(subcommand)]
-    Bench(BenchCommand),
-    /// Train a built-in model on Fashion-MNIST and write `<out>/<model>.onnx` and its manifest
-    /// `<out>/<model>.toml` (with the command, seed and measured accuracy). Resumes from
-    /// `<out>/<model>.ckpt` when interrupted. The shipped files in `models/` were made by
-    /// `cema-cloud pretrain --model student` and `--model foundation` with the defaults, the
-    /// foundation then continued with `--init` (its manifest records the exact commands).
-    Pretrain(PretrainArgs),
-}
-
-#[derive(clap::Args)]
-struct PretrainArgs {
-    /// Which built-in model.
-    #[arg(long, value_enum)]
-    model: BuiltIn,
-    /// Output folder.
-    #[arg(long, default_value = cema_cloud::builtin::MODELS_DIR)]
-    out: PathBuf,
-    /// Passes over the training set (default: the model's recipe).
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Images per step (default: the model's recipe).
-    #[arg(long)]
-    batch: Option<usize>,
-    /// Peak learning rate (default: the model's recipe).
-    #[arg(long)]
-    lr: Option<f64>,
-    /// Seed of weights, data order and augmentation (default: the model's recipe).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Probability of corrupting a training image (default: 0 student, 0.4 foundation).
-    #[arg(long)]
-    corruption_prob: Option<f64>,
-    /// Train on the first N training images only.
-    #[arg(long)]
-    train_limit: Option<usize>,
-    /// Evaluate on the first N test images only.
-    #[arg(long)]
-    eval_limit: Option<usize>,
-    /// Steps between checkpoints.
-    #[arg(long, default_value_t = 50)]
-    checkpoint_every: usize,
-    /// Discard an existing checkpoint and start from the seed.
-    #[arg(long)]
-    fresh: bool,
-    /// Continue from this model's weights (a built-in of the same kind) instead of the seed's
-    /// initialisation; the seed still fixes data order and augmentation.
-    #[arg(long)]
-    init: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -154,72 +98,6 @@ enum ParamsCommand {
         /// A stored version.
         version: u64,
     },
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// burn forward vs ONNX Runtime, pretraining throughput, CEMA step time; ends with a
-    /// `key=value` line including `step_seconds` and `forward_vs_ort`.
-    Compute,
-    /// Ingest on loopback with simulated devices (a cloud in this process); ends with a
-    /// `key=value` line including `samples_per_s` and `p99_ack_ms`. Also the memory of an idle
-    /// adaptation scope.
-    Ingest {
-        /// Concurrent devices.
-        #[arg(long, default_value_t = 10)]
-        devices: usize,
-        /// Seconds of load.
-        #[arg(long, default_value_t = 10.0)]
-        seconds: f64,
-    },
-}
-
-#[derive(Subcommand)]
-enum ModelCommand {
-    /// Will this model work? Runs it with burn and ONNX Runtime, lists operators and
-    /// normalisation layers, and ends with `supported=… bn_layers=… max_rel_err=…`.
-    /// Exits non-zero when unsupported or when the engines differ by more than 1e-4.
-    Check {
-        /// The ONNX model (a manifest `model.toml` beside it is used if present).
-        model: PathBuf,
-        /// Samples in the random batch.
-        #[arg(long, default_value_t = 2)]
-        batch: usize,
-    },
-    /// Accuracy of a Fashion-MNIST model (ONNX + manifest) with ONNX Runtime, clean and under
-    /// the 15 benchmark corruptions.
-    Eval {
-        /// The ONNX model (its manifest `model.toml` beside it).
-        model: PathBuf,
-        /// Corruption severity, 1–5.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(1..=5))]
-        severity: u8,
-        /// Evaluate on the first N test images only.
-        #[arg(long)]
-        limit: Option<usize>,
-    },
-    /// Write an architecture of the zoo with seeded random weights (ONNX only; draft its
-    /// manifest with `cema-edge manifest init`): for benchmarks and checks at sizes no
-    /// shipped model has.
-    Zoo {
-        /// Which architecture.
-        #[arg(value_enum)]
-        arch: ZooArch,
-        /// The ONNX file to write (an existing one is kept).
-        #[arg(long)]
-        out: PathBuf,
-        /// Seed of the weights.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ZooArch {
-    /// The small 224-px depthwise CNN of `bench compute` (10 classes).
-    Mobile224,
-    /// MobileNet v1 at 224 px with 1,000 classes (≈ 4.2 M parameters).
-    MobilenetV1,
 }
 
 #[derive(clap::Args)]
@@ -317,7 +195,7 @@ enum DeviceCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    cema_edge::admin::init_logging();
+    cema_host::init_logging();
     match cli.command {
         Command::Serve { config, grpc_addr, admin_addr, plaintext, tls_cert, tls_key, tls_client_ca } => {
             let mut config = match config {
@@ -334,61 +212,10 @@ fn main() -> Result<()> {
             runtime.block_on(async {
                 let cloud = Cloud::start(&config, &cli.data_dir).await?;
                 tracing::info!(grpc = %cloud.grpc_addr(), admin = %cloud.admin_addr(), data = %cli.data_dir.display(), "cema-cloud started");
-                cloud.run(termination()).await
+                cloud.run(cema_host::termination()).await
             })
         }
         Command::Params(command) => params(&cli.data_dir, command),
-        Command::Model(ModelCommand::Check { model, batch }) => {
-            let report = cema_cloud::check::check_model(&model, batch.max(1)).map_err(anyhow::Error::msg)?;
-            print!("{}", report.text);
-            println!("{}", report.summary_line());
-            std::process::exit(if report.passed() { 0 } else { 1 });
-        }
-        Command::Model(ModelCommand::Eval { model, severity, limit }) => {
-            let onnx = cema_core::OnnxModel::load(&model)?;
-            let manifest = cema_core::Manifest::load(cema_core::Manifest::path_for(&model))?;
-            let dir = cema_shift::dataset::fashion_mnist_dir()?;
-            let mut test = cema_shift::dataset::load_fashion_mnist(&dir, cema_shift::Split::Test)?;
-            if let Some(limit) = limit {
-                test.images.truncate(limit);
-                test.labels.truncate(limit);
-            }
-            let report = evaluate(&onnx, &manifest, &test, &cema_shift::Corruption::BENCHMARK, severity)
-                .map_err(anyhow::Error::msg)?;
-            print!("{}", report.table());
-            println!(
-                "clean_accuracy={:.4} corrupted_mean_accuracy={:.4} severity={severity} images={}",
-                report.clean,
-                report.corrupted_mean(),
-                report.images
-            );
-            Ok(())
-        }
-        Command::Model(ModelCommand::Zoo { arch, out, seed }) => {
-            if out.exists() {
-                anyhow::bail!("{} exists; remove it or choose another --out", out.display());
-            }
-            let model = match arch {
-                ZooArch::Mobile224 => cema_compute::zoo::mobile_224(seed)?,
-                ZooArch::MobilenetV1 => cema_compute::zoo::mobilenet_v1_224(seed)?,
-            };
-            std::fs::write(&out, model.encode()).with_context(|| format!("writing {}", out.display()))?;
-            let bn = cema_core::NormDiscovery::of(&model).layers.len();
-            println!("{}: {bn} BN layers; next: cema-edge manifest init {}", out.display(), out.display());
-            Ok(())
-        }
-        Command::Pretrain(args) => pretrain(args),
-        Command::Bench(BenchCommand::Ingest { devices, seconds }) => {
-            let scopes = cema_cloud::bench::bench_idle_scopes(1000).map_err(anyhow::Error::msg)?;
-            let line = cema_cloud::bench::bench_ingest(devices, seconds).map_err(anyhow::Error::msg)?;
-            println!("{line} {scopes}");
-            Ok(())
-        }
-        Command::Bench(BenchCommand::Compute) => {
-            let line = cema_cloud::bench::bench_compute().map_err(anyhow::Error::msg)?;
-            println!("{line}");
-            Ok(())
-        }
         Command::Tls(TlsCommand::Init { out, server_names, clients }) => {
             for file in cema_cloud::certs::init(&out, &server_names, &clients)? {
                 println!("{}", file.display());
@@ -472,38 +299,6 @@ fn params(data_dir: &std::path::Path, command: ParamsCommand) -> Result<()> {
             println!("scope `{scope}`: version {version} republished as version {new}");
         }
     }
-    Ok(())
-}
-
-fn pretrain(args: PretrainArgs) -> Result<()> {
-    let mut recipe = args.model.recipe();
-    recipe.epochs = args.epochs.unwrap_or(recipe.epochs);
-    recipe.batch = args.batch.unwrap_or(recipe.batch);
-    recipe.lr = args.lr.unwrap_or(recipe.lr);
-    recipe.seed = args.seed.unwrap_or(recipe.seed);
-    recipe.corruption_prob = args.corruption_prob.unwrap_or(recipe.corruption_prob);
-    let command = std::iter::once("cema-cloud".to_owned()).chain(std::env::args().skip(1)).collect::<Vec<_>>();
-    let options = PretrainOptions {
-        model: args.model,
-        recipe,
-        out_dir: args.out,
-        train_limit: args.train_limit,
-        eval_limit: args.eval_limit,
-        checkpoint_every: args.checkpoint_every,
-        fresh: args.fresh,
-        init: args.init,
-        command: command.join(" "),
-    };
-    let outcome = cema_cloud::pretrain::pretrain(&options)?;
-    print!("{}", outcome.report.table());
-    println!(
-        "model={} clean_accuracy={:.4} corrupted_mean_accuracy={:.4} images_per_s={:.0} path={}",
-        options.model,
-        outcome.report.clean,
-        outcome.report.corrupted_mean(),
-        outcome.images_per_second,
-        outcome.model_path.display()
-    );
     Ok(())
 }
 

@@ -155,7 +155,7 @@ impl Metrics {
         let LiveView { scopes, watchers, .. } = *live;
         let mut out = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            cema_edge::admin::metric(&mut out, name, kind, help, value);
+            cema_host::admin::metric(&mut out, name, kind, help, value);
         };
         metric("cema_cloud_samples_accepted_total", "counter", "Samples stored.", self.samples_accepted.get() as f64);
         metric("cema_cloud_duplicates_total", "counter", "Entries received again.", self.duplicates.get() as f64);
@@ -251,7 +251,7 @@ fn render_per_scope(out: &mut String, live: &LiveView) {
             let _ = writeln!(out, "{name}{{scope=\"{}\"}} {}", label_value(&gauges.scope), field(gauges));
         }
     }
-    cema_edge::admin::metric(
+    cema_host::admin::metric(
         out,
         "cema_cloud_scope_metrics_omitted",
         "gauge",

@@ -384,7 +384,7 @@ fn admin_router(
     scope_metrics_limit: usize,
 ) -> axum::Router {
     let store = engine.store().clone();
-    let render: cema_edge::admin::Render = Arc::new(move || {
+    let render: cema_host::admin::Render = Arc::new(move || {
         let (scopes, watchers) = engine.counts();
         let (per_scope, omitted) = engine.scope_gauges(scope_metrics_limit).unwrap_or_else(|e| {
             tracing::warn!(cause = %e, "reading the scopes for /metrics");
@@ -392,7 +392,7 @@ fn admin_router(
         });
         metrics.render(&LiveView { scopes, watchers, per_scope, omitted })
     });
-    cema_edge::admin::router(render, ready).route(
+    cema_host::admin::router(render, ready).route(
         "/scopes",
         axum::routing::get(move |headers: axum::http::HeaderMap| {
             let store = store.clone();
@@ -425,25 +425,4 @@ fn scopes_json(store: &Store) -> JsonReply {
         Ok(body) => (axum::http::StatusCode::OK, json, body + "\n"),
         Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, json, format!("{{\"error\":{:?}}}\n", e.to_string())),
     }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -282,7 +282,7 @@ pub struct Store {
 /// Held around every sled transaction and flush of the cloud: sled 0.34 can deadlock when a
 /// transaction waits for exclusive access while concurrent flushes hold shared access (seen
 /// with 10 concurrent uploaders). Ingest is a short transaction plus an fsync, so serialising
-/// them costs little (`cema-cloud bench ingest`).
+/// them costs little (`cema-model bench ingest`).
 static SLED_WRITES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The guard of [`SLED_WRITES`].

@@ -31,7 +31,7 @@ async fn start() -> Harness {
     // A second model whose manifest takes f32 input, for finiteness checks.
     let float = dir.path().join("float.onnx");
     std::fs::copy(&student, &float).unwrap();
-    let text = cema_cloud::builtin::BuiltIn::Student.manifest_toml(&[]).replace("pixels = \"u8\"", "pixels = \"f32\"");
+    let text = support::STUDENT_MANIFEST.replace("pixels = \"u8\"", "pixels = \"f32\"");
     std::fs::write(Manifest::path_for(&float), text).unwrap();
     let model = |edge: &std::path::Path| ModelConfig { keep_versions: 5, ..ModelConfig::new(edge, &foundation) };
     let config = CloudConfig::loopback(BTreeMap::from([

@@ -2,6 +2,8 @@
 //! weights: small BN ResNets for 28×28 grey images (Fashion-MNIST). The same graph is what the
 //! edge runs with ONNX Runtime and what the cloud trains with burn.
 
+use std::path::{Path, PathBuf};
+
 use cema_core::onnx::generate::SplitMix64;
 use cema_core::onnx::{Attr, GraphBuilder};
 use cema_core::{ModelError, OnnxModel};
@@ -85,6 +87,22 @@ impl ResNetSpec {
         g.output("logits", &[None, Some(self.classes as i64)]);
         g.build()
     }
+}
+
+/// Writes a small student and foundation pair (28×28 grey BN ResNets of one block per stage,
+/// random weights) into `dir`, each with `manifest` beside it (`<name>.toml`): fast enough for
+/// many adaptation steps, for tests and benchmarks of the service rather than of accuracy.
+/// Returns their paths.
+pub fn write_tiny_models(dir: &Path, manifest: &str) -> std::io::Result<(PathBuf, PathBuf)> {
+    let write = |name: &str, widths: [usize; 3], seed: u64| -> std::io::Result<PathBuf> {
+        let spec = ResNetSpec { widths, blocks: [1, 1, 1], in_channels: 1, side: 28, classes: 10 };
+        let model = spec.build(seed).map_err(std::io::Error::other)?;
+        let path = dir.join(format!("{name}.onnx"));
+        std::fs::write(&path, model.encode())?;
+        std::fs::write(cema_core::Manifest::path_for(&path), manifest)?;
+        Ok(path)
+    };
+    Ok((write("student", [4, 8, 8], 1)?, write("foundation", [8, 8, 16], 2)?))
 }
 
 /// Blocks of [`mobile_224`]: (pointwise output channels, depthwise stride).

@@ -295,8 +295,8 @@ fn first_batch_statistics_match_a_hand_computation_in_both_engines() {
     // ONNX Runtime, as the edge runs it: the rewritten graph, then the patched model serving.
     let library = OrtLibrary::get(None).expect("ONNX Runtime (run scripts/setup.sh)");
     let discovery = NormDiscovery::of(&model);
-    let params: NormParams =
-        library.first_batch_params(&model, &discovery, &[N, IN, 3, 3], &x).expect("first-batch statistics");
+    let params: NormParams = cema_edge::runtime::first_batch_params(&library, &model, &discovery, &[N, IN, 3, 3], &x)
+        .expect("first-batch statistics");
     assert_eq!(params.version, 0);
     for (layer, (mean, var)) in ["bn1", "bn2"].iter().zip(&measured) {
         assert_close(

@@ -4,11 +4,13 @@
 //! normalisation layers CEMA adapts ([`norm`]), the versioned normalisation parameters
 //! that travel from cloud to edge ([`params`]), the model manifest that describes a
 //! model's input and classes ([`manifest`]), numerically stable softmax and entropy
-//! ([`math`]), and the compact codec for uploaded samples ([`codec`]).
+//! ([`math`]), the compact codec for uploaded samples ([`codec`]), manifest drafts
+//! ([`draft`]) and a version-stable random generator ([`rng`]: shift data and replay draws
+//! stay bit-identical).
 //!
 //! What does not: networking, storage, inference engines and training. Those belong to
-//! `cema-edge` (ONNX Runtime) and `cema-cloud` (burn); both build on the types here so
-//! that the two sides agree byte for byte.
+//! `cema-host` and `cema-edge` (ONNX Runtime), `cema-compute` (burn) and `cema-cloud`; all
+//! build on the types here so that the two sides agree byte for byte.
 
 pub mod codec;
 pub mod draft;
@@ -17,6 +19,7 @@ pub mod math;
 pub mod norm;
 pub mod onnx;
 pub mod params;
+pub mod rng;
 
 pub use codec::{CodecError, Compression, DecodeLimits, EncodedSample, Encoding, SampleValues};
 pub use manifest::{Manifest, ManifestError};

@@ -22,7 +22,7 @@
 //! names = ["T-shirt/top", "Trouser", "..."]
 //!
 //! [provenance]              # optional, free-form: how the model was made
-//! command = "cema-cloud pretrain --model student --seed 7"
+//! command = "cema-model pretrain --model student --seed 7"
 //! ```
 
 use std::collections::{BTreeMap, HashSet};

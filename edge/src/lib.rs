@@ -1,20 +1,21 @@
 //! The CEMA edge agent: forward-only inference on the device.
 //!
-//! - [`runtime`]: ONNX Runtime loaded once per process; sessions from a model and manifest;
+//! - [`runtime`]: sessions from a model and manifest (ONNX Runtime itself is loaded once per
+//!   process by `cema_host`);
 //!   batched predictions with entropies; sessions with new parameters prepared off the
 //!   inference path and swapped between batches.
 //! - [`selector`]: which predictions are uploaded (cema-spec's bounds and redundancy filter).
 //! - [`outbox`]: the durable, bounded queue of selected samples and batch-end markers.
 //! - [`link`]: the uploader and the parameter watcher (gRPC, reconnecting).
 //! - [`local`]: edge-local adaptation, following the edge's own input statistics.
-//! - [`agent`]: the loop that ties them together; [`admin`] and [`metrics`] for operations.
+//! - [`agent`]: the loop that ties them together; [`metrics`] for operations (served by
+//!   `cema_host::admin`).
 //!
 //! The edge never trains: parameter changes arrive from the cloud as complete
 //! [`cema_core::NormParams`] versions, or are running statistics measured forward-only (the
 //! first batch's, or edge-local adaptation's), and each is applied by rebuilding the session
 //! from a patched model (see [`cema_core::params`] for why patching is the only reliable way).
 
-pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod link;

@@ -227,7 +227,7 @@ struct RunArgs {
 
 fn main() {
     let cli = Cli::parse();
-    cema_edge::admin::init_logging();
+    cema_host::init_logging();
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Reset { data_dir } => reset(&data_dir),
@@ -528,18 +528,18 @@ fn run(args: RunArgs) -> Result<()> {
     {
         let stop = Arc::clone(&stop);
         tokio.spawn(async move {
-            termination().await;
+            cema_host::termination().await;
             stop.store(true, Ordering::Release);
         });
     }
     if let Some(addr) = args.admin_addr {
         let metrics = agent.metrics();
         let outbox = Arc::clone(agent.outbox());
-        let render: cema_edge::admin::Render = Arc::new(move || {
+        let render: cema_host::admin::Render = Arc::new(move || {
             let (entries, bytes) = outbox.usage();
             metrics.render(entries, bytes)
         });
-        let router = cema_edge::admin::router(render, Arc::clone(&ready));
+        let router = cema_host::admin::router(render, Arc::clone(&ready));
         let listener =
             tokio.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
         tokio.spawn(async move {
@@ -625,22 +625,6 @@ fn run(args: RunArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// SIGTERM or SIGINT.
-async fn termination() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }
 
 fn reset(data_dir: &Path) -> Result<()> {

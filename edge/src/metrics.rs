@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::admin::metric;
+use cema_host::admin::metric;
 
 /// Counters and gauges of the agent (all relaxed atomics).
 #[derive(Debug, Default)]

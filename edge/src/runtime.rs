@@ -1,41 +1,22 @@
 //! ONNX Runtime sessions for edge inference.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use cema_core::onnx::{first_batch_statistics_model, observed_statistics_model};
 use cema_core::{
     Manifest, ManifestError, ModelError, NormDiscovery, NormParams, NormTensor, OnnxModel, ParamsError, math,
 };
+use cema_host::OrtError;
+pub use cema_host::OrtLibrary;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
-
-/// Environment variable naming the ONNX Runtime library (also read by `ort` itself).
-pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
-/// File name looked for next to the running binary.
-const LIBRARY_FILE: &str = "libonnxruntime.so";
 
 /// Why the runtime could not be set up or run.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// No ONNX Runtime library was found.
-    #[error(
-        "ONNX Runtime library not found; looked in: {}. Run scripts/setup.sh, set {ORT_DYLIB_ENV}, or pass the path in the config",
-        .looked.join(", ")
-    )]
-    LibraryNotFound {
-        /// Every place that was tried, with why it did not qualify.
-        looked: Vec<String>,
-    },
-    /// The library exists but could not be loaded (wrong file, too old a version).
-    #[error("cannot load ONNX Runtime from {path}: {reason}")]
-    LibraryLoad {
-        /// The file.
-        path: PathBuf,
-        /// The loader's message.
-        reason: String,
-    },
+    /// ONNX Runtime could not be loaded, or refused a session.
+    #[error(transparent)]
+    Library(#[from] OrtError),
     /// ONNX Runtime refused the model or failed to run it.
     #[error("ONNX Runtime: {0}")]
     Ort(String),
@@ -82,118 +63,26 @@ impl From<ort::Error> for RuntimeError {
     }
 }
 
-/// The process-wide ONNX Runtime environment. ONNX Runtime can be loaded and initialised only
-/// once per process, so every session shares this one.
-#[derive(Debug, Clone)]
-pub struct OrtLibrary {
-    environment: ort::environment::Environment,
-    path: PathBuf,
-}
-
-static LIBRARY: Mutex<Option<OrtLibrary>> = Mutex::new(None);
-
-impl OrtLibrary {
-    /// Loads ONNX Runtime on first use; later calls return the loaded one.
-    ///
-    /// The library is looked for at `configured` (if given), then at `$ORT_DYLIB_PATH`, then
-    /// next to the running binary (`libonnxruntime.so` or `lib/libonnxruntime.so`).
-    pub fn get(configured: Option<&Path>) -> Result<OrtLibrary, RuntimeError> {
-        let mut slot = LIBRARY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(library) = slot.as_ref() {
-            return Ok(library.clone());
-        }
-        let path = locate(configured)?;
-        let load_error = |reason: String| RuntimeError::LibraryLoad { path: path.clone(), reason };
-        let environment = ort::init_from(&path)
-            .map_err(|e| load_error(e.to_string()))?
-            .with_name("cema-edge")
-            .build()
-            .map_err(|e| load_error(e.to_string()))?;
-        tracing::info!(path = %path.display(), "loaded ONNX Runtime");
-        let library = OrtLibrary { environment, path };
-        *slot = Some(library.clone());
-        Ok(library)
-    }
-
-    /// The file the library was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// A plain ONNX Runtime session at full graph optimisation, for callers that run a model
-    /// directly (benchmarks against the agent, models whose output is not class logits).
-    pub fn session(&self, model: &[u8], intra_threads: usize) -> Result<Session, RuntimeError> {
-        build_session(self, model, intra_threads)
-    }
-
-    /// Runs `model` once on one input and returns its first output as f32 values: for checks
-    /// that compare engines or reference outputs, not for serving.
-    pub fn run_once(
-        &self,
-        model: &[u8],
-        input_name: &str,
-        dims: &[usize],
-        input: &[f32],
-    ) -> Result<Vec<f32>, RuntimeError> {
-        let mut session = self.session(model, 1)?;
-        let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
-        let outputs = session.run(ort::inputs![input_name => tensor])?;
-        Ok(outputs[0].try_extract_tensor::<f32>()?.1.to_vec())
-    }
-
-    /// CEMA's first-batch initialisation (`stats_init = first_batch`), forward-only: runs
-    /// `model` rewritten by [`first_batch_statistics_model`] once on `input` (`dims`, batch
-    /// first) and returns the model's parameters with every layer's running statistics
-    /// replaced by that batch's own (mean, unbiased variance), version 0.
-    pub fn first_batch_params(
-        &self,
-        model: &OnnxModel,
-        discovery: &NormDiscovery,
-        dims: &[usize],
-        input: &[f32],
-    ) -> Result<NormParams, RuntimeError> {
-        let rewritten = first_batch_statistics_model(model, discovery)?;
-        let mut session = self.session(&rewritten.model.encode(), 1)?;
-        let input_name = model.input_names().first().map(|n| (*n).to_owned()).unwrap_or_default();
-        let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
-        let outputs = session.run(ort::inputs![input_name.as_str() => tensor])?;
-        let statistics = read_statistics(&outputs, discovery, &rewritten.outputs)?;
-        let params = NormParams::source(model)?.overlaid(&statistics);
-        params.validate_against(model, discovery)?;
-        Ok(params)
-    }
-}
-
-fn locate(configured: Option<&Path>) -> Result<PathBuf, RuntimeError> {
-    let exe_dir = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf));
-    locate_in(configured, std::env::var_os(ORT_DYLIB_ENV).map(PathBuf::from), exe_dir)
-}
-
-fn locate_in(
-    configured: Option<&Path>,
-    from_env: Option<PathBuf>,
-    exe_dir: Option<PathBuf>,
-) -> Result<PathBuf, RuntimeError> {
-    let mut looked = Vec::new();
-    let mut candidates: Vec<(String, PathBuf)> = Vec::new();
-    if let Some(path) = configured {
-        candidates.push(("configured path".to_owned(), path.to_path_buf()));
-    }
-    match from_env {
-        Some(path) => candidates.push((format!("${ORT_DYLIB_ENV}"), path)),
-        None => looked.push(format!("${ORT_DYLIB_ENV} (not set)")),
-    }
-    if let Some(dir) = exe_dir {
-        candidates.push(("next to the binary".to_owned(), dir.join(LIBRARY_FILE)));
-        candidates.push(("next to the binary".to_owned(), dir.join("lib").join(LIBRARY_FILE)));
-    }
-    for (origin, path) in candidates {
-        if path.is_file() {
-            return Ok(path);
-        }
-        looked.push(format!("{} ({origin}: no such file)", path.display()));
-    }
-    Err(RuntimeError::LibraryNotFound { looked })
+/// CEMA's first-batch initialisation (`stats_init = first_batch`), forward-only: runs
+/// `model` rewritten by [`first_batch_statistics_model`] once on `input` (`dims`, batch
+/// first) and returns the model's parameters with every layer's running statistics
+/// replaced by that batch's own (mean, unbiased variance), version 0.
+pub fn first_batch_params(
+    library: &OrtLibrary,
+    model: &OnnxModel,
+    discovery: &NormDiscovery,
+    dims: &[usize],
+    input: &[f32],
+) -> Result<NormParams, RuntimeError> {
+    let rewritten = first_batch_statistics_model(model, discovery)?;
+    let mut session = library.session(&rewritten.model.encode(), 1)?;
+    let input_name = model.input_names().first().map(|n| (*n).to_owned()).unwrap_or_default();
+    let tensor = TensorRef::from_array_view((dims.to_vec(), input))?;
+    let outputs = session.run(ort::inputs![input_name.as_str() => tensor])?;
+    let statistics = read_statistics(&outputs, discovery, &rewritten.outputs)?;
+    let params = NormParams::source(model)?.overlaid(&statistics);
+    params.validate_against(model, discovery)?;
+    Ok(params)
 }
 
 /// The result of predicting one batch.
@@ -254,7 +143,7 @@ impl Preparer {
     /// Validates `params` against the model and builds a session that uses them.
     pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
         let bytes = params.patch_against(&self.serving, &self.discovery)?.encode();
-        let session = build_session(&self.library, &bytes, self.intra_threads)?;
+        let session = self.library.session(&bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
     }
 }
@@ -286,7 +175,7 @@ impl Runtime {
     ) -> Result<Self, RuntimeError> {
         manifest.check_model(&source)?;
         let discovery = NormDiscovery::of(&source);
-        let session = build_session(&library, &source.encode(), intra_threads)?;
+        let session = library.session(&source.encode(), intra_threads)?;
         Ok(Self {
             serving: source.clone(),
             statistics: None,
@@ -333,7 +222,7 @@ impl Runtime {
     /// the serving session is rebuilt with the source parameters.
     pub fn observe_statistics(&mut self) -> Result<(), RuntimeError> {
         let observed = observed_statistics_model(&self.source, &self.discovery)?;
-        let session = build_session(&self.library, &observed.model.encode(), self.intra_threads)?;
+        let session = self.library.session(&observed.model.encode(), self.intra_threads)?;
         self.serving = observed.model;
         self.statistics = Some(observed.outputs);
         self.current = PreparedSession { session, version: 0 };
@@ -345,12 +234,12 @@ impl Runtime {
     pub fn prepare(&self, params: &NormParams) -> Result<PreparedSession, RuntimeError> {
         // Validation happens inside the patch, once, with the discovery made at load time.
         let bytes = params.patch_against(&self.serving, &self.discovery)?.encode();
-        let session = build_session(&self.library, &bytes, self.intra_threads)?;
+        let session = self.library.session(&bytes, self.intra_threads)?;
         Ok(PreparedSession { session, version: params.version })
     }
 
     /// The first-batch parameters of a batch of preprocessed inputs (see
-    /// [`OrtLibrary::first_batch_params`]), measured on the source model.
+    /// [`first_batch_params`]), measured on the source model.
     pub fn first_batch_params(&self, input: &[f32], batch: usize) -> Result<NormParams, RuntimeError> {
         let per_sample = self.manifest.sample_elements();
         if input.len() != batch * per_sample || batch < 2 {
@@ -363,7 +252,7 @@ impl Runtime {
         }
         let mut dims = vec![batch];
         dims.extend(self.manifest.input.shape.iter().copied());
-        self.library.first_batch_params(&self.source, &self.discovery, &dims, input)
+        first_batch_params(&self.library, &self.source, &self.discovery, &dims, input)
     }
 
     /// A handle that prepares sessions for this runtime on another thread.
@@ -378,7 +267,7 @@ impl Runtime {
 
     /// A session with the model's own parameters (version 0), for a reset.
     pub fn prepare_source(&self) -> Result<PreparedSession, RuntimeError> {
-        let session = build_session(&self.library, &self.serving.encode(), self.intra_threads)?;
+        let session = self.library.session(&self.serving.encode(), self.intra_threads)?;
         Ok(PreparedSession { session, version: 0 })
     }
 
@@ -466,58 +355,4 @@ fn read_statistics(
         }
     }
     Ok(statistics)
-}
-
-/// Builds a session at full graph optimisation from model bytes.
-fn build_session(library: &OrtLibrary, model: &[u8], intra_threads: usize) -> Result<Session, RuntimeError> {
-    // Builder errors are not `Send`; convert inside this function.
-    let build = || -> ort::Result<Session> {
-        // No memory pattern: it plans one block per input shape on top of the arena and keeps
-        // it. Off, the agent's peak RSS with a 224-px MobileNet v1 at batch 16 fell from 418 to
-        // 314 MB at the same throughput (`cema-edge bench --agent-only`, README "Figures").
-        let mut builder = Session::builder(&library.environment)?
-            .with_optimization_level(GraphOptimizationLevel::All)?
-            .with_intra_threads(intra_threads.max(1))?
-            .with_memory_pattern(false)?;
-        if intra_threads > 1 {
-            // Spinning threads steal the shared cores of small devices from everything else.
-            builder = builder.with_intra_op_spinning(false)?;
-        }
-        builder.commit_from_memory(model)
-    };
-    Ok(build()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_missing_library_error_names_every_place_looked() {
-        let err =
-            locate_in(Some(Path::new("/nonexistent/configured.so")), None, Some(PathBuf::from("/nonexistent/bin")))
-                .expect_err("found a library that does not exist");
-        let text = err.to_string();
-        for place in [
-            "/nonexistent/configured.so (configured path: no such file)",
-            "$ORT_DYLIB_PATH (not set)",
-            "/nonexistent/bin/libonnxruntime.so (next to the binary: no such file)",
-            "/nonexistent/bin/lib/libonnxruntime.so",
-            "scripts/setup.sh",
-        ] {
-            assert!(text.contains(place), "`{place}` missing from: {text}");
-        }
-    }
-
-    #[test]
-    fn the_first_existing_candidate_wins() {
-        let dir = std::env::temp_dir().join(format!("cema-locate-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let lib = dir.join(LIBRARY_FILE);
-        std::fs::write(&lib, b"").expect("write");
-        let found =
-            locate_in(Some(Path::new("/nonexistent.so")), Some(PathBuf::from("/also/missing.so")), Some(dir.clone()));
-        assert_eq!(found.expect("found"), lib);
-        std::fs::remove_dir_all(dir).expect("cleanup");
-    }
 }

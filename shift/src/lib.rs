@@ -11,7 +11,7 @@
 pub mod corrupt;
 pub mod dataset;
 pub mod image;
-pub mod rng;
+pub use cema_core::rng;
 pub mod scenario;
 pub mod sheet;
 

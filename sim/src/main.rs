@@ -159,7 +159,7 @@ fn model_paths(models: &Path) -> Result<(PathBuf, PathBuf)> {
     let foundation = std::path::absolute(models.join("foundation.onnx"))?;
     for p in [&student, &foundation] {
         if !p.is_file() {
-            bail!("{} is missing; the built-in models ship in models/ (or run `cema-cloud pretrain`)", p.display());
+            bail!("{} is missing; the built-in models ship in models/ (or run `cema-model pretrain`)", p.display());
         }
     }
     Ok((student, foundation))

@@ -9,9 +9,13 @@ use cema_core::codec::{self, Compression};
 use cema_core::{Manifest, OnnxModel};
 use cema_proto::v1;
 
-/// A small student and foundation with manifests (see `cema_cloud::builtin::write_tiny_models`).
+/// The shipped student's manifest (28×28 grey u8 input, Fashion-MNIST classes), which the
+/// tiny models share.
+pub(crate) const STUDENT_MANIFEST: &str = include_str!("../../../models/student.toml");
+
+/// A small student and foundation with manifests (`cema_compute::zoo::write_tiny_models`).
 pub(crate) fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
-    cema_cloud::builtin::write_tiny_models(dir).unwrap()
+    cema_compute::zoo::write_tiny_models(dir, STUDENT_MANIFEST).unwrap()
 }
 
 /// A model entry over the two files.

@@ -10,9 +10,9 @@ use cema_proto::v1::{self, BatchEnd, RegisterRequest, Sample, UploadRequest};
 use cema_sim::fleet::{self, Binaries, CloudProcess};
 use tonic::transport::Channel;
 
-/// A small student and foundation with manifests (see `cema_cloud::builtin::write_tiny_models`).
+/// A small student and foundation with manifests (see `cema_tools::builtin::write_tiny_models`).
 pub(crate) fn tiny_models(dir: &Path) -> (PathBuf, PathBuf) {
-    cema_cloud::builtin::write_tiny_models(dir).unwrap()
+    cema_tools::builtin::write_tiny_models(dir).unwrap()
 }
 
 /// The shipped built-in models.

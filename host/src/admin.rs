@@ -41,15 +41,3 @@ pub fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) 
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
 }
-
-/// Logs to stderr, filtered by `CEMA_LOG` (default `info`, ONNX Runtime's own logs at `warn`),
-/// with colours only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CEMA_LOG").unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-}

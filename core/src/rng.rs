@@ -1,8 +1,10 @@
 //! A small, version-stable random generator: xoshiro256++ seeded through SplitMix64, with
 //! uniform, normal and exact Poisson draws.
 //!
-//! Written here rather than taken from `rand` so that a corrupted data set is bit-identical
-//! forever, whatever releases of third-party crates come later.
+//! Written here rather than taken from `rand` so that a corrupted data set (`cema-shift`) and
+//! the cloud's replay draws are bit-identical forever, whatever releases of third-party crates
+//! come later. Every method is `#[inline]` so the pixel loops of `cema-shift`, built at full
+//! optimisation even in tests, get optimised copies.
 
 /// xoshiro256++ (Blackman & Vigna): fast, 256 bits of state, passes BigCrush.
 #[derive(Debug, Clone)]
@@ -11,6 +13,7 @@ pub struct Rng {
     spare_normal: Option<f64>,
 }
 
+#[inline]
 fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
@@ -22,6 +25,7 @@ fn splitmix(state: &mut u64) -> u64 {
 impl Rng {
     /// A generator for a stream identified by several keys (seed, image index, corruption, …):
     /// each distinct key tuple gives an independent stream.
+    #[inline]
     pub fn for_stream(keys: &[u64]) -> Self {
         let mut state = 0x243F_6A88_85A3_08D3u64;
         for &key in keys {
@@ -33,6 +37,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
+    #[inline]
     pub fn next_u64(&mut self) -> u64 {
         let result = (self.s[0].wrapping_add(self.s[3])).rotate_left(23).wrapping_add(self.s[0]);
         let t = self.s[1] << 17;
@@ -46,16 +51,19 @@ impl Rng {
     }
 
     /// Uniform in `[0, 1)` with 53 random bits.
+    #[inline]
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
     /// Uniform in `[lo, hi)`.
+    #[inline]
     pub fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.unit()
     }
 
     /// Uniform integer in `lo..=hi`.
+    #[inline]
     pub fn int_inclusive(&mut self, lo: i64, hi: i64) -> i64 {
         let span = (hi - lo + 1) as u64;
         // Lemire's multiply-shift; the bias for spans this small is far below 2^-50.
@@ -63,6 +71,7 @@ impl Rng {
     }
 
     /// Standard normal draw (Marsaglia's polar method).
+    #[inline]
     pub fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare_normal.take() {
             return z;
@@ -80,6 +89,7 @@ impl Rng {
     }
 
     /// Poisson draw with mean `lambda` (exact: Knuth below 10, Hörmann's PTRS above).
+    #[inline]
     pub fn poisson(&mut self, lambda: f64) -> f64 {
         if lambda <= 0.0 {
             return 0.0;

@@ -1,4 +1,4 @@
-//! `cema-cloud model check`: will this model work? Loads a model with the burn executor and
+//! `cema-model check`: will this model work? Loads a model with the burn executor and
 //! with ONNX Runtime, lists its operators and normalisation layers, and compares the two
 //! engines' logits on a random batch.
 
@@ -11,7 +11,7 @@ use cema_core::onnx::generate::SplitMix64;
 use cema_core::onnx::pb::tensor_shape_proto::dimension::Value as Dim;
 use cema_core::onnx::pb::type_proto;
 use cema_core::{Manifest, NormDiscovery, OnnxModel};
-use cema_edge::OrtLibrary;
+use cema_host::OrtLibrary;
 
 /// Largest relative difference between burn and ONNX Runtime logits that passes.
 pub const MAX_RELATIVE_ERROR: f32 = 1e-4;

@@ -1,4 +1,4 @@
-//! `cema-cloud pretrain`: trains a built-in model from its seed with the burn executor, with a
+//! `cema-model pretrain`: trains a built-in model from its seed with the burn executor, with a
 //! progress line, resumable checkpoints, and an ONNX Runtime evaluation (clean and under the 15
 //! benchmark corruptions at severity 5) recorded in the manifest it writes.
 //!

@@ -2,7 +2,8 @@
 //! ONNX Runtime — the engine the edge serves with.
 
 use cema_core::{Manifest, OnnxModel};
-use cema_edge::{OrtLibrary, Runtime};
+use cema_edge::Runtime;
+use cema_host::OrtLibrary;
 use cema_shift::corrupt::Corruption;
 use cema_shift::dataset::Dataset;
 use cema_shift::image::Image;

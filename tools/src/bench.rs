@@ -1,4 +1,4 @@
-//! `cema-cloud bench compute`: what the burn executor costs on this machine. Prints figures;
+//! `cema-model bench compute`: what the burn executor costs on this machine. Prints figures;
 //! asserts nothing.
 
 use std::time::Instant;
@@ -9,7 +9,7 @@ use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu, cpu_autodiff};
 
 use cema_core::OnnxModel;
 use cema_core::onnx::generate::SplitMix64;
-use cema_edge::OrtLibrary;
+use cema_host::OrtLibrary;
 
 /// Repetitions per measurement (the median is reported).
 const REPEATS: usize = 5;
@@ -72,7 +72,7 @@ fn pretrain_rate(model: &OnnxModel, n: usize) -> Result<f64, String> {
 /// new samples and a distillation step on those 32 plus 96 replayed (the full step once the
 /// replay buffer holds 256).
 fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> Result<f64, String> {
-    use crate::adapt::{AdaptConfig, Adapter};
+    use cema_cloud::adapt::{AdaptConfig, Adapter};
     use cema_core::SampleValues;
     let manifest = cema_core::Manifest::parse(manifest).map_err(|e| e.to_string())?;
     let mut adapter = Adapter::new((student, &manifest), (foundation, &manifest), AdaptConfig::default())?;
@@ -127,7 +127,7 @@ pub fn bench_compute() -> Result<String, String> {
     ))
 }
 
-/// `cema-cloud bench ingest`: a cloud in this process (tiny models, a temporary state folder)
+/// `cema-model bench ingest`: a cloud in this process (tiny models, a temporary state folder)
 /// and `devices` simulated devices on loopback, each streaming requests of 16 small samples
 /// and waiting for each acknowledgement. Prints samples/s, ack latency percentiles, and the
 /// memory an idle scope costs; returns the closing `key=value` line.
@@ -143,7 +143,7 @@ async fn ingest(devices: usize, seconds: f64) -> Result<String, String> {
     use cema_proto::v1::cema_client::CemaClient;
     use cema_proto::v1::{Sample, UploadRequest};
 
-    use crate::server::{Cloud, CloudConfig, ModelConfig};
+    use cema_cloud::server::{Cloud, CloudConfig, ModelConfig};
 
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (model, _) = crate::builtin::write_tiny_models(dir.path()).map_err(|e| e.to_string())?;
@@ -240,7 +240,7 @@ fn rss_bytes() -> f64 {
 /// Memory of idle adaptation scopes: RSS growth while `scopes` device scopes are created and
 /// given their (source) state, divided by their number.
 pub fn bench_idle_scopes(scopes: usize) -> Result<String, String> {
-    use crate::adapt::{AdaptConfig, Adapter};
+    use cema_cloud::adapt::{AdaptConfig, Adapter};
     let student = ResNetSpec::STUDENT.build(1).map_err(|e| e.to_string())?;
     let foundation = ResNetSpec::FOUNDATION.build(2).map_err(|e| e.to_string())?;
     let manifest =
@@ -254,7 +254,7 @@ pub fn bench_idle_scopes(scopes: usize) -> Result<String, String> {
             // A scope that has stepped also holds momentum for every γ and β.
             s.student_velocity = s.student.tensors.iter().map(|(n, t)| (n.clone(), t.values.clone())).collect();
             s.foundation_velocity = s.foundation.tensors.iter().map(|(n, t)| (n.clone(), t.values.clone())).collect();
-            (s, tx.subscribe(), crate::store::ScopeMeta::default())
+            (s, tx.subscribe(), cema_cloud::store::ScopeMeta::default())
         })
         .collect();
     let per_scope = (rss_bytes() - before) / scopes as f64;

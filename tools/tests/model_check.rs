@@ -1,7 +1,7 @@
-//! `cema-cloud model check`: passes an adaptable model, explains a model it cannot run.
+//! `cema-model check`: passes an adaptable model, explains a model it cannot run.
 
-use cema_cloud::check::{MAX_RELATIVE_ERROR, check_model};
 use cema_core::onnx::generate::ConvBnClassifier;
+use cema_tools::check::{MAX_RELATIVE_ERROR, check_model};
 
 /// Writes `model` and the manifest of `spec` as `<name>.onnx` and `<name>.toml` in `dir`.
 fn write(

@@ -99,7 +99,7 @@ impl BuiltIn {
         let spec = self.spec();
         let names: Vec<String> = FASHION_MNIST_CLASSES.iter().map(|n| format!("{n:?}")).collect();
         let mut text = format!(
-            "# The built-in {name} model (cema-cloud pretrain --model {name}).\n\
+            "# The built-in {name} model (cema-model pretrain --model {name}).\n\
              [input]\nname = \"input\"\nshape = [{c}, {s}, {s}]\nlayout = \"nchw\"\npixels = \"u8\"\n\n\
              [output]\nname = \"logits\"\n\n\
              [preprocess]\nscale = {scale:?}\nmean = [{FASHION_MNIST_MEAN:?}]\nstd = [{FASHION_MNIST_STD:?}]\n\n\
@@ -123,17 +123,8 @@ impl std::fmt::Display for BuiltIn {
     }
 }
 
-/// Writes a small student and foundation pair (28×28 grey BN ResNets with the built-in
-/// manifest, random weights) into `dir`: fast enough for many adaptation steps, for tests and
-/// benchmarks of the service rather than of accuracy. Returns their paths.
+/// Writes a small student and foundation pair with the built-in student's manifest into `dir`
+/// (see [`cema_compute::zoo::write_tiny_models`]). Returns their paths.
 pub fn write_tiny_models(dir: &Path) -> std::io::Result<(PathBuf, PathBuf)> {
-    let write = |name: &str, widths: [usize; 3], seed: u64| -> std::io::Result<PathBuf> {
-        let spec = ResNetSpec { widths, blocks: [1, 1, 1], in_channels: 1, side: 28, classes: 10 };
-        let model = spec.build(seed).map_err(std::io::Error::other)?;
-        let path = dir.join(format!("{name}.onnx"));
-        std::fs::write(&path, model.encode())?;
-        std::fs::write(cema_core::Manifest::path_for(&path), BuiltIn::Student.manifest_toml(&[]))?;
-        Ok(path)
-    };
-    Ok((write("student", [4, 8, 8], 1)?, write("foundation", [8, 8, 16], 2)?))
+    cema_compute::zoo::write_tiny_models(dir, &BuiltIn::Student.manifest_toml(&[]))
 }
