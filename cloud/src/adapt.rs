@@ -10,11 +10,52 @@
 
 use burn::Tensor;
 use cema_compute::loss::{DistillWeights, distillation, weighted_entropy};
-use cema_compute::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values};
-use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
+use cema_compute::{Graph, GraphError, NormMode, Sgd, Trainable, batch, cpu_autodiff, values};
+use cema_core::{Manifest, ManifestError, NormParams, OnnxModel, SampleValues};
 use serde::Deserialize;
 
 pub use cema_core::StatsInit;
+
+/// Why the cloud step cannot be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AdaptError {
+    /// The `[models.<id>.adapt]` settings are out of range (every problem listed).
+    #[error("adaptation settings: {}", .0.join("; "))]
+    Settings(Vec<String>),
+    /// The two models cannot distil into each other.
+    #[error("the edge and foundation models' manifests list different classes")]
+    ClassesDiffer,
+    /// A manifest disagrees with its model.
+    #[error("{role} model: {source}")]
+    Manifest {
+        /// `edge` or `foundation`.
+        role: &'static str,
+        /// What disagrees.
+        source: ManifestError,
+    },
+    /// The burn executor cannot load a model.
+    #[error("{role} model: {source}")]
+    Load {
+        /// `edge` or `foundation`.
+        role: &'static str,
+        /// Why.
+        source: GraphError,
+    },
+    /// The edge model has nothing CEMA adapts.
+    #[error("the edge model has no normalisation layer to adapt")]
+    NothingToAdapt,
+    /// A sample does not fit the model input.
+    #[error("a sample has {actual} values, the model input {expected}")]
+    SampleSize {
+        /// Values in the sample.
+        actual: usize,
+        /// Values the input takes.
+        expected: usize,
+    },
+    /// A forward or backward pass, or restoring state into the graph, failed.
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
 
 /// What the cloud does with uploads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -231,23 +272,23 @@ impl Adapter {
         student: (&OnnxModel, &Manifest),
         foundation: (&OnnxModel, &Manifest),
         config: AdaptConfig,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AdaptError> {
         let problems = config.problems();
         if !problems.is_empty() {
-            return Err(format!("adaptation settings: {}", problems.join("; ")));
+            return Err(AdaptError::Settings(problems));
         }
         if student.1.classes.names != foundation.1.classes.names {
-            return Err("the edge and foundation models' manifests list different classes".to_owned());
+            return Err(AdaptError::ClassesDiffer);
         }
         let device = cpu_autodiff();
-        let load = |(model, manifest): (&OnnxModel, &Manifest), role: &str| {
-            manifest.check_model(model).map_err(|e| format!("{role} model: {e}"))?;
-            Graph::load(model, &device, Trainable::NormAffine).map_err(|e| format!("{role} model: {e}"))
+        let load = |(model, manifest): (&OnnxModel, &Manifest), role: &'static str| {
+            manifest.check_model(model).map_err(|source| AdaptError::Manifest { role, source })?;
+            Graph::load(model, &device, Trainable::NormAffine).map_err(|source| AdaptError::Load { role, source })
         };
         let student_graph = load(student, "edge")?;
         let foundation_graph = load(foundation, "foundation")?;
         if student_graph.norm_layers().is_empty() {
-            return Err("the edge model has no normalisation layer to adapt".to_owned());
+            return Err(AdaptError::NothingToAdapt);
         }
         let source_state = ScopeState {
             student: student_graph.norm_params(0),
@@ -286,14 +327,14 @@ impl Adapter {
 
     /// The foundation step on new samples: `L_f` with TBR, SGD, running-statistics update.
     /// Returns `L_f` before the update.
-    pub fn foundation_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<f32, String> {
+    pub fn foundation_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<f32, AdaptError> {
         let input = self.input(&self.foundation_manifest, samples)?;
         let graph = &mut self.foundation;
-        graph.load_norm_params(&state.foundation).map_err(|e| e.to_string())?;
+        graph.load_norm_params(&state.foundation)?;
         let first = self.config.stats_init == StatsInit::FirstBatch && !state.foundation_stats_set;
         let mut sgd = Sgd::new(self.config.lr_foundation, self.config.momentum);
-        sgd.restore_velocity(graph, &state.foundation_velocity).map_err(|e| e.to_string())?;
-        let forward = graph.forward(input, tbr_mode(first)).map_err(|e| e.to_string())?;
+        sgd.restore_velocity(graph, &state.foundation_velocity)?;
+        let forward = graph.forward(input, tbr_mode(first))?;
         let loss = weighted_entropy(forward.logits, self.e_max);
         let value = scalar(&loss);
         sgd.step(graph, &loss.backward());
@@ -306,22 +347,26 @@ impl Adapter {
 
     /// The distillation step: teacher logits from the foundation model in inference mode, the
     /// edge model in TBR, `L_g`, SGD, running-statistics update.
-    pub fn distill_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<DistillReport, String> {
+    pub fn distill_step(
+        &mut self,
+        state: &mut ScopeState,
+        samples: &[&SampleValues],
+    ) -> Result<DistillReport, AdaptError> {
         let teacher_input = self.input(&self.foundation_manifest, samples)?;
-        self.foundation.load_norm_params(&state.foundation).map_err(|e| e.to_string())?;
-        let teacher = self.foundation.forward(teacher_input, NormMode::Inference).map_err(|e| e.to_string())?;
+        self.foundation.load_norm_params(&state.foundation)?;
+        let teacher = self.foundation.forward(teacher_input, NormMode::Inference)?;
         let teacher_logits = teacher.logits.detach();
 
         let input = self.input(&self.student_manifest, samples)?;
         let graph = &mut self.student;
-        graph.load_norm_params(&state.student).map_err(|e| e.to_string())?;
+        graph.load_norm_params(&state.student)?;
         // With the statistics uplink the edge model's statistics come from the edges alone.
         let first = self.config.student_statistics == StudentStatistics::Uploads
             && self.config.stats_init == StatsInit::FirstBatch
             && !state.student_stats_set;
         let mut sgd = Sgd::new(self.config.lr_student, self.config.momentum);
-        sgd.restore_velocity(graph, &state.student_velocity).map_err(|e| e.to_string())?;
-        let forward = graph.forward(input, tbr_mode(first)).map_err(|e| e.to_string())?;
+        sgd.restore_velocity(graph, &state.student_velocity)?;
+        let forward = graph.forward(input, tbr_mode(first))?;
         let weights = DistillWeights {
             alpha: self.config.alpha,
             beta: self.config.beta,
@@ -373,39 +418,39 @@ impl Adapter {
 
     /// The `bn-stats` baseline: the edge model's running statistics take a TBR momentum
     /// update from the samples; nothing is trained.
-    pub fn statistics_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<(), String> {
+    pub fn statistics_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<(), AdaptError> {
         let input = self.input(&self.student_manifest, samples)?;
         let graph = &mut self.student;
-        graph.load_norm_params(&state.student).map_err(|e| e.to_string())?;
-        let forward = graph.forward(input, NormMode::Tbr).map_err(|e| e.to_string())?;
+        graph.load_norm_params(&state.student)?;
+        let forward = graph.forward(input, NormMode::Tbr)?;
         graph.update_running_stats(&forward.batch_stats);
         state.student = graph.norm_params(state.student.version);
         Ok(())
     }
 
     /// The edge model's logits for samples under a scope's parameters (inference mode).
-    pub fn student_logits(&mut self, state: &ScopeState, samples: &[&SampleValues]) -> Result<Vec<f32>, String> {
+    pub fn student_logits(&mut self, state: &ScopeState, samples: &[&SampleValues]) -> Result<Vec<f32>, AdaptError> {
         let input = self.input(&self.student_manifest, samples)?;
-        self.student.load_norm_params(&state.student).map_err(|e| e.to_string())?;
-        let forward = self.student.forward(input, NormMode::Inference).map_err(|e| e.to_string())?;
+        self.student.load_norm_params(&state.student)?;
+        let forward = self.student.forward(input, NormMode::Inference)?;
         Ok(values(forward.logits.detach()))
     }
 
     /// The foundation model's logits for samples under a scope's parameters (inference mode).
-    pub fn foundation_logits(&mut self, state: &ScopeState, samples: &[&SampleValues]) -> Result<Vec<f32>, String> {
+    pub fn foundation_logits(&mut self, state: &ScopeState, samples: &[&SampleValues]) -> Result<Vec<f32>, AdaptError> {
         let input = self.input(&self.foundation_manifest, samples)?;
-        self.foundation.load_norm_params(&state.foundation).map_err(|e| e.to_string())?;
-        let forward = self.foundation.forward(input, NormMode::Inference).map_err(|e| e.to_string())?;
+        self.foundation.load_norm_params(&state.foundation)?;
+        let forward = self.foundation.forward(input, NormMode::Inference)?;
         Ok(values(forward.logits.detach()))
     }
 
     /// Model input `[N, …input shape]` from raw samples, preprocessed by `manifest`.
-    fn input(&self, manifest: &Manifest, samples: &[&SampleValues]) -> Result<Tensor<4>, String> {
+    fn input(&self, manifest: &Manifest, samples: &[&SampleValues]) -> Result<Tensor<4>, AdaptError> {
         let per_sample = manifest.sample_elements();
         let mut values = Vec::with_capacity(samples.len() * per_sample);
         for sample in samples {
             if sample.len() != per_sample {
-                return Err(format!("a sample has {} values, the model input {per_sample}", sample.len()));
+                return Err(AdaptError::SampleSize { actual: sample.len(), expected: per_sample });
             }
             match sample {
                 SampleValues::U8(pixels) => manifest.preprocess_u8(pixels, &mut values),

@@ -13,12 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
+use cema_core::params::ParamsError;
 use cema_core::rng::Rng;
-use cema_core::{DecodeLimits, Manifest, ModelFingerprint, NormDiscovery, NormParams, OnnxModel, SampleValues};
+use cema_core::{
+    CodecError, DecodeLimits, Manifest, ModelFingerprint, NormDiscovery, NormParams, OnnxModel, SampleValues,
+};
+use cema_proto::ConvertError;
 use cema_proto::v1;
 use tokio::sync::watch;
 
-use crate::adapt::{AdaptConfig, Adapter, CloudMethod, DistillReport, ScopeState, StudentStatistics};
+use crate::adapt::{AdaptConfig, AdaptError, Adapter, CloudMethod, DistillReport, ScopeState, StudentStatistics};
 use crate::metrics::Metrics;
 use crate::store::{Commit, QueueEntry, ScopeMeta, Store, StoreError};
 
@@ -67,24 +71,28 @@ impl ModelEntry {
 
     /// Decodes a stored or uploaded sample, checking it against the edge manifest: encoding
     /// fits the pixel type, dims equal the input shape, values finite.
-    pub fn decode_sample(&self, tensor: &v1::EncodedTensor) -> Result<SampleValues, String> {
-        let sample = cema_proto::sample_from_wire(tensor.clone()).map_err(|e| e.to_string())?;
+    pub fn decode_sample(&self, tensor: &v1::EncodedTensor) -> Result<SampleValues, SampleError> {
+        let sample = cema_proto::sample_from_wire(tensor.clone())?;
         let shape = &self.edge_manifest.input.shape;
         if sample.dims.len() != shape.len() || sample.dims.iter().zip(shape).any(|(a, b)| *a != *b as u64) {
-            return Err(format!("dims {:?} differ from the model input {shape:?}", sample.dims));
+            return Err(SampleError::Dims { dims: sample.dims.clone(), shape: shape.clone() });
         }
-        let values = sample.decode(DecodeLimits::for_dims(shape)).map_err(|e| e.to_string())?;
+        let values = sample.decode(DecodeLimits::for_dims(shape))?;
         match (&values, self.edge_manifest.input.pixels) {
             (SampleValues::U8(_), cema_core::manifest::PixelType::U8) => Ok(values),
             (SampleValues::F32(v), cema_core::manifest::PixelType::F32) => {
                 if v.iter().all(|x| x.is_finite()) {
                     Ok(values)
                 } else {
-                    Err("non-finite values".to_owned())
+                    Err(SampleError::NonFinite)
                 }
             }
-            (SampleValues::U8(_), _) => Err("u8 samples for a model whose manifest takes f32 input".to_owned()),
-            (SampleValues::F32(_), _) => Err("float samples for a model whose manifest takes u8 pixels".to_owned()),
+            (SampleValues::U8(_), _) => {
+                Err(SampleError::Pixels("u8 samples for a model whose manifest takes f32 input"))
+            }
+            (SampleValues::F32(_), _) => {
+                Err(SampleError::Pixels("float samples for a model whose manifest takes u8 pixels"))
+            }
         }
     }
 
@@ -92,15 +100,74 @@ impl ModelEntry {
     /// the running mean and variance of every normalisation layer of the edge model, finite,
     /// variances ≥ 0. Ingest calls it; the engine reads what ingest accepted with
     /// [`stored_statistics`].
-    pub fn check_statistics(&self, statistics: &v1::NormStatistics) -> Result<(), String> {
+    pub fn check_statistics(&self, statistics: &v1::NormStatistics) -> Result<(), StatisticsError> {
         let params = stored_statistics(statistics)?;
-        params.validate_statistics(&self.edge, &NormDiscovery::of(&self.edge)).map_err(|e| e.to_string())
+        Ok(params.validate_statistics(&self.edge, &NormDiscovery::of(&self.edge))?)
     }
 }
 
 /// Decodes statistics that ingest checked ([`ModelEntry::check_statistics`]) before storing.
-fn stored_statistics(statistics: &v1::NormStatistics) -> Result<NormParams, String> {
-    cema_proto::statistics_from_wire(statistics.clone()).map_err(|e| e.to_string())
+fn stored_statistics(statistics: &v1::NormStatistics) -> Result<NormParams, ConvertError> {
+    cema_proto::statistics_from_wire(statistics.clone())
+}
+
+/// Why an uploaded or stored sample does not fit the model it is for.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The wire message is malformed.
+    #[error(transparent)]
+    Wire(#[from] ConvertError),
+    /// The sample's dims are not the model input's.
+    #[error("dims {dims:?} differ from the model input {shape:?}")]
+    Dims {
+        /// The sample's dims.
+        dims: Vec<u64>,
+        /// The manifest's input shape.
+        shape: Vec<usize>,
+    },
+    /// The encoded values do not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Float input with NaN or infinity.
+    #[error("non-finite values")]
+    NonFinite,
+    /// The encoding does not match the manifest's pixel type.
+    #[error("{0}")]
+    Pixels(&'static str),
+}
+
+/// Why statistics sent with a batch end are refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StatisticsError {
+    /// The wire message is malformed.
+    #[error(transparent)]
+    Wire(#[from] ConvertError),
+    /// They are not every layer's finite mean and non-negative variance.
+    #[error(transparent)]
+    Invalid(#[from] ParamsError),
+}
+
+/// Why the engine could not start or run a round.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The step failed.
+    #[error(transparent)]
+    Adapt(#[from] AdaptError),
+    /// A queued or replayed sample no longer fits the model.
+    #[error("stored sample: {0}")]
+    Sample(#[from] SampleError),
+    /// Stored statistics do not decode.
+    #[error("stored statistics: {0}")]
+    Statistics(#[from] ConvertError),
+    /// The queue holds a marker where a sample belongs.
+    #[error("a marker among samples in the queue")]
+    MarkerAmongSamples,
+    /// An engine thread could not be started.
+    #[error("starting an engine thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The latest state of a scope, as watchers see it.
@@ -160,7 +227,7 @@ impl Engine {
         models: Vec<ModelEntry>,
         workers: usize,
         metrics: Arc<Metrics>,
-    ) -> Result<(Arc<Self>, Vec<std::thread::JoinHandle<()>>), String> {
+    ) -> Result<(Arc<Self>, Vec<std::thread::JoinHandle<()>>), EngineError> {
         let models: HashMap<String, Arc<ModelEntry>> =
             models.into_iter().map(|m| (m.id.clone(), Arc::new(m))).collect();
         let (tx, rx) = mpsc::channel::<String>();
@@ -175,12 +242,12 @@ impl Engine {
                 std::thread::Builder::new()
                     .name(format!("cema-engine-{i}"))
                     .spawn(move || engine.work_loop(&rx))
-                    .map_err(|e| format!("starting an engine thread: {e}"))?,
+                    .map_err(EngineError::Thread)?,
             );
         }
-        for scope in engine.store.scopes().map_err(|e| e.to_string())? {
+        for scope in engine.store.scopes()? {
             if let Some(model) = engine.model_of_scope(&scope) {
-                engine.scope(&scope, &model).map_err(|e| e.to_string())?;
+                engine.scope(&scope, &model)?;
                 engine.schedule(&scope);
             }
         }
@@ -325,12 +392,12 @@ impl Engine {
     }
 
     /// Runs one round of a scope; returns whether there may be more.
-    fn round(&self, scope: &str, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, String> {
-        let entries = self.store.next_round(scope).map_err(|e| e.to_string())?;
+    fn round(&self, scope: &str, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, EngineError> {
+        let entries = self.store.next_round(scope)?;
         let Some(((marker_key, marker_entry), samples)) = entries.split_last() else { return Ok(false) };
         let marker = (*marker_key, marker_entry.device.clone(), marker_entry.batch);
-        let meta = self.store.meta(scope).map_err(|e| e.to_string())?;
-        let mut state = self.store.state(scope).map_err(|e| e.to_string())?.unwrap_or_else(|| adapter.initial_state());
+        let meta = self.store.meta(scope)?;
+        let mut state = self.store.state(scope)?.unwrap_or_else(|| adapter.initial_state());
         let config = adapter.config().clone();
         let started = Instant::now();
         let mut commit = Commit::default();
@@ -392,7 +459,7 @@ impl Engine {
             .as_ref()
             .filter(|_| commit.new_version)
             .map(|s| cema_proto::norm_params_to_wire(&s.student, scope));
-        let meta = self.store.commit(scope, &commit, handle.model.keep_versions).map_err(|e| e.to_string())?;
+        let meta = self.store.commit(scope, &commit, handle.model.keep_versions)?;
         if regular_step {
             self.metrics.steps.inc();
             self.metrics.step_seconds.observe(step_seconds);
@@ -412,7 +479,7 @@ impl Engine {
         meta: &ScopeMeta,
         new: &[(u64, QueueEntry)],
         state: &mut ScopeState,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let config = adapter.config().clone();
         let decoded = decode_all(&handle.model, new.iter().map(|(_, e)| e))?;
         let refs: Vec<&SampleValues> = decoded.iter().collect();
@@ -447,7 +514,7 @@ impl Engine {
         meta: &ScopeMeta,
         state: &mut ScopeState,
         commit: &mut Commit,
-    ) -> Result<(), String> {
+    ) -> Result<(), EngineError> {
         let config = adapter.config().clone();
         if config.method != CloudMethod::Cema || meta.replay_len() < config.replay_min as u64 {
             return Ok(());
@@ -516,20 +583,21 @@ impl Engine {
         model: &ModelEntry,
         version: u64,
         step: u64,
-    ) -> Result<Vec<SampleValues>, String> {
+    ) -> Result<Vec<SampleValues>, EngineError> {
         let ids = draw_without_replacement(meta.replay_head, meta.replay_next, count, scope, version, step);
-        let tensors = self.store.replay_samples(scope, &ids).map_err(|e| e.to_string())?;
-        tensors.iter().map(|t| model.decode_sample(t)).collect()
+        let tensors = self.store.replay_samples(scope, &ids)?;
+        Ok(tensors.iter().map(|t| model.decode_sample(t)).collect::<Result<_, _>>()?)
     }
 }
 
 fn decode_all<'a>(
     model: &ModelEntry,
     entries: impl Iterator<Item = &'a QueueEntry>,
-) -> Result<Vec<SampleValues>, String> {
+) -> Result<Vec<SampleValues>, EngineError> {
     entries
         .map(|e| {
-            e.sample.as_ref().ok_or_else(|| "a marker among samples".to_owned()).and_then(|t| model.decode_sample(t))
+            let tensor = e.sample.as_ref().ok_or(EngineError::MarkerAmongSamples)?;
+            Ok(model.decode_sample(tensor)?)
         })
         .collect()
 }

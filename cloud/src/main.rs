@@ -26,7 +26,7 @@ enum Command {
     /// Without `--config`, serves model `default` = models/student.onnx adapted from
     /// models/foundation.onnx. Stops gracefully on SIGTERM/SIGINT.
     Serve {
-        /// Config file (TOML; see README "Cloud configuration").
+        /// Config file (TOML; every key: README, "The cloud (`cema-cloud serve`)").
         #[arg(long, env = "CEMA_CLOUD_CONFIG")]
         config: Option<PathBuf>,
         /// gRPC listen address (overrides the config).

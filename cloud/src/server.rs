@@ -249,8 +249,7 @@ impl Cloud {
         let operator_token = OperatorToken::load_or_create(&token_path)?;
         let store = Store::open(&db)?.with_wal(&data_dir.join("ingest.wal"))?;
         let metrics = Arc::new(Metrics::default());
-        let (engine, threads) =
-            Engine::start(store, models, config.engine_workers, Arc::clone(&metrics)).map_err(anyhow::Error::msg)?;
+        let (engine, threads) = Engine::start(store, models, config.engine_workers, Arc::clone(&metrics))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (registry_changed, registry_changed_rx) = watch::channel(0u64);
         let service = CloudService::new(

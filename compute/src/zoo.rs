@@ -30,7 +30,7 @@ impl ResNetSpec {
         ResNetSpec { widths: [16, 32, 64], blocks: [2, 2, 2], in_channels: 1, side: 28, classes: 10 };
     /// The built-in foundation model: ≈ 1.0 M parameters (≥ 5× the student), most of them in a
     /// wide last stage at 7×7, where parameters are cheap to compute (≈ 2.7× the student's
-    /// multiply-adds for 5.7× its parameters), so it pretrains on two CPU cores in an hour.
+    /// multiply-adds for 5.4× its parameters), so it pretrains on two CPU cores in an hour.
     pub const FOUNDATION: ResNetSpec =
         ResNetSpec { widths: [16, 32, 176], blocks: [2, 2, 2], in_channels: 1, side: 28, classes: 10 };
 

@@ -8,10 +8,39 @@ use cema_core::onnx::observed_statistics_model;
 use cema_core::{Manifest, NormDiscovery, NormParams, OnnxModel, SampleValues};
 use ort::value::TensorRef;
 
-use crate::agent::{Agent, AgentConfig, Pacing};
+use crate::agent::{Agent, AgentConfig, AgentError, Pacing};
 use crate::outbox::OutboxLimits;
-use crate::runtime::{OrtLibrary, Runtime};
+use crate::runtime::{OrtLibrary, Runtime, RuntimeError};
 use crate::selector::Preset;
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// ONNX Runtime, the model or a parameter update failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// ONNX Runtime could not be loaded or refused a session.
+    #[error(transparent)]
+    Library(#[from] cema_host::OrtError),
+    /// A run failed.
+    #[error("ONNX Runtime: {0}")]
+    Ort(#[from] ort::Error),
+    /// The model file is unusable.
+    #[error(transparent)]
+    Model(#[from] cema_core::ModelError),
+    /// Its manifest is unusable.
+    #[error(transparent)]
+    Manifest(#[from] cema_core::ManifestError),
+    /// The source parameters could not be read.
+    #[error(transparent)]
+    Params(#[from] cema_core::ParamsError),
+    /// The agent failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The temporary agent state could not be opened.
+    #[error("the benchmark's agent state: {0}")]
+    Store(#[from] sled::Error),
+}
 
 fn random_samples(manifest: &Manifest, n: usize, seed: u64) -> Vec<SampleValues> {
     let mut state = seed | 1;
@@ -45,10 +74,10 @@ fn peak_rss_mb() -> f64 {
 /// holds only what a deployed agent holds — its session and, during an update, one prepared
 /// session — so `peak_rss_mb` is the agent's footprint; the raw and statistics comparisons
 /// are skipped.
-pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) -> Result<String, String> {
-    let library = OrtLibrary::get(None).map_err(|e| e.to_string())?;
-    let model = OnnxModel::load(model_path).map_err(|e| e.to_string())?;
-    let manifest = Manifest::load(Manifest::path_for(model_path)).map_err(|e| e.to_string())?;
+pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) -> Result<String, BenchError> {
+    let library = OrtLibrary::get(None)?;
+    let model = OnnxModel::load(model_path)?;
+    let manifest = Manifest::load(Manifest::path_for(model_path))?;
     let samples = random_samples(&manifest, batch, 7);
     let mut input = Vec::new();
     for s in &samples {
@@ -61,11 +90,11 @@ pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) ->
     // Raw: one ORT session, the same preprocessed batch, Session::run only.
     let mut dims = vec![batch as i64];
     dims.extend(manifest.input.shape.iter().map(|&d| d as i64));
-    let timed = |model: &OnnxModel| -> Result<f64, String> {
-        let mut session = library.session(&model.encode(), 1).map_err(|e| e.to_string())?;
-        let mut run = || -> Result<(), String> {
-            let tensor = TensorRef::from_array_view((dims.clone(), input.as_slice())).map_err(|e| e.to_string())?;
-            session.run(ort::inputs![manifest.input.name.as_str() => tensor]).map_err(|e| e.to_string())?;
+    let timed = |model: &OnnxModel| -> Result<f64, BenchError> {
+        let mut session = library.session(&model.encode(), 1)?;
+        let mut run = || -> Result<(), BenchError> {
+            let tensor = TensorRef::from_array_view((dims.clone(), input.as_slice()))?;
+            session.run(ort::inputs![manifest.input.name.as_str() => tensor])?;
             Ok(())
         };
         run()?;
@@ -81,14 +110,14 @@ pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) ->
         let raw_rate = timed(&model)?;
         // The same with each normalisation layer's input statistics as extra outputs (the
         // statistics uplink, edge-local adaptation): what they cost, fusion lost included.
-        let observed = observed_statistics_model(&model, &NormDiscovery::of(&model)).map_err(|e| e.to_string())?;
+        let observed = observed_statistics_model(&model, &NormDiscovery::of(&model))?;
         (raw_rate, timed(&observed.model)? / raw_rate)
     };
 
     // Agent: raw u8 samples → preprocess → predict → select → outbox (sled, flushed).
     let dir = std::env::temp_dir().join(format!("cema-edge-bench-{}", std::process::id()));
-    let db = sled::open(&dir).map_err(|e| e.to_string())?;
-    let runtime = Runtime::new(library, model.clone(), manifest.clone(), 1).map_err(|e| e.to_string())?;
+    let db = sled::open(&dir)?;
+    let runtime = Runtime::new(library, model.clone(), manifest.clone(), 1)?;
     let config = AgentConfig {
         device_id: "bench".into(),
         selector: Preset::Reference.config(),
@@ -100,14 +129,14 @@ pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) ->
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
     };
-    let mut agent = Agent::open(runtime, &db, config).map_err(|e| e.to_string())?;
-    agent.push(&samples).map_err(|e| e.to_string())?;
+    let mut agent = Agent::open(runtime, &db, config)?;
+    agent.push(&samples)?;
     let metrics = agent.metrics();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     let (inference0, select0) = (load(&metrics.inference_us), load(&metrics.select_us));
     let t = Instant::now();
     for _ in 0..batches {
-        agent.push(&samples).map_err(|e| e.to_string())?;
+        agent.push(&samples)?;
     }
     let agent_rate = (batch * batches) as f64 / t.elapsed().as_secs_f64();
     let inference = (load(&metrics.inference_us) - inference0) as f64;
@@ -115,7 +144,7 @@ pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) ->
     let selected = load(&metrics.selected) as f64 / load(&metrics.predictions).max(1) as f64;
 
     // Update apply: validate + patch + new session + swap, with perturbed parameters.
-    let mut params = NormParams::source(&model).map_err(|e| e.to_string())?;
+    let mut params = NormParams::source(&model)?;
     params.version = 1;
     for tensor in params.tensors.values_mut() {
         tensor.values.iter_mut().for_each(|v| *v *= 1.01);
@@ -123,15 +152,14 @@ pub fn run(model_path: &Path, batch: usize, batches: usize, agent_only: bool) ->
     let swap_ms = if agent_only {
         // The agent's own runtime prepares the update beside its serving session, as in service.
         let t = Instant::now();
-        let prepared = agent.runtime().prepare(&params).map_err(|e| e.to_string())?;
+        let prepared = agent.runtime().prepare(&params)?;
         let prepare_ms = t.elapsed().as_secs_f64() * 1e3;
         drop(prepared);
         prepare_ms
     } else {
-        let mut runtime = Runtime::new(OrtLibrary::get(None).map_err(|e| e.to_string())?, model, manifest, 1)
-            .map_err(|e| e.to_string())?;
+        let mut runtime = Runtime::new(OrtLibrary::get(None)?, model, manifest, 1)?;
         let t = Instant::now();
-        let prepared = runtime.prepare(&params).map_err(|e| e.to_string())?;
+        let prepared = runtime.prepare(&params)?;
         runtime.swap(prepared);
         t.elapsed().as_secs_f64() * 1e3
     };

@@ -636,7 +636,7 @@ fn reset(data_dir: &Path) -> Result<()> {
 }
 
 fn cema_edge_bench(model: &Path, batch: usize, batches: usize, agent_only: bool) -> Result<()> {
-    let line = cema_edge::bench::run(model, batch.max(1), batches.max(1), agent_only).map_err(anyhow::Error::msg)?;
+    let line = cema_edge::bench::run(model, batch.max(1), batches.max(1), agent_only)?;
     println!("{line}");
     Ok(())
 }

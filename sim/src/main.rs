@@ -447,7 +447,7 @@ fn write_plots(dir: &Path, streams: &[Vec<(String, Vec<Record>)>]) -> Result<Str
                 .collect(),
         })
         .collect();
-    plot::write(&dir.join("accuracy.png"), &accuracy, "predictions").map_err(anyhow::Error::msg)?;
+    plot::write(&dir.join("accuracy.png"), &accuracy, "predictions")?;
     let uploads: Vec<plot::Panel> = streams
         .iter()
         .enumerate()
@@ -464,7 +464,7 @@ fn write_plots(dir: &Path, streams: &[Vec<(String, Vec<Record>)>]) -> Result<Str
                 .collect(),
         })
         .collect();
-    plot::write(&dir.join("uploads.png"), &uploads, "predictions").map_err(anyhow::Error::msg)?;
+    plot::write(&dir.join("uploads.png"), &uploads, "predictions")?;
     Ok("accuracy.png, uploads.png".to_owned())
 }
 
@@ -750,7 +750,7 @@ fn eval(args: EvalArgs) -> Result<()> {
         })
         .collect();
     if !series.is_empty() {
-        plot::write(&dir.join("accuracy.png"), &series, "predictions").map_err(anyhow::Error::msg)?;
+        plot::write(&dir.join("accuracy.png"), &series, "predictions")?;
     }
     println!("{table}{uploads}");
     println!("wrote {}/summary.md, results.json", dir.display());

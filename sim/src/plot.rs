@@ -81,7 +81,7 @@ impl Canvas {
 }
 
 /// Writes the panels to a PNG at `path`; `x_label` names the shared x axis.
-pub fn write(path: &Path, panels: &[Panel], x_label: &str) -> Result<(), String> {
+pub fn write(path: &Path, panels: &[Panel], x_label: &str) -> Result<(), PlotError> {
     let height = PANEL_H * panels.len() as u32;
     let mut canvas = Canvas { img: image::RgbImage::from_pixel(W, height, image::Rgb([255, 255, 255])) };
     let x_max = panels
@@ -128,7 +128,17 @@ pub fn write(path: &Path, panels: &[Panel], x_label: &str) -> Result<(), String>
             canvas.text(right - 166, ly, &series.label, colour);
         }
     }
-    canvas.img.save(path).map_err(|e| format!("writing {}: {e}", path.display()))
+    canvas.img.save(path).map_err(|source| PlotError { path: path.to_owned(), source })
+}
+
+/// A plot that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {}: {source}", path.display())]
+pub struct PlotError {
+    /// The PNG file.
+    pub path: std::path::PathBuf,
+    /// The encoder's or the file system's error.
+    pub source: image::ImageError,
 }
 
 /// Rows of a 5×7 glyph (bit 4 = leftmost column). Unknown characters draw as a box.

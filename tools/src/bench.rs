@@ -32,18 +32,18 @@ fn input(n: usize, c: usize, side: usize, seed: u64) -> (Vec<f32>, [usize; 4]) {
 }
 
 /// burn inference throughput divided by ONNX Runtime's (2 intra-op threads, as burn uses both cores).
-fn forward_ratio(model: &OnnxModel, n: usize) -> Result<(f64, f64), String> {
+fn forward_ratio(model: &OnnxModel, n: usize) -> anyhow::Result<(f64, f64)> {
     let (x, dims) = input(n, 1, 28, 1);
-    let graph = Graph::load(model, &cpu(), Trainable::None).map_err(|e| e.to_string())?;
+    let graph = Graph::load(model, &cpu(), Trainable::None)?;
     let burn_s = median_seconds(|| {
         let _ =
             graph.forward(batch(&x, dims, graph.device()), NormMode::Inference).map(|f| cema_compute::values(f.logits));
     });
-    let library = OrtLibrary::get(None).map_err(|e| e.to_string())?;
-    let mut session = library.session(&model.encode(), 2).map_err(|e| e.to_string())?;
+    let library = OrtLibrary::get(None)?;
+    let mut session = library.session(&model.encode(), 2)?;
     // One checked run first, so a failing session cannot be timed as a fast one.
-    let tensor = ort::value::TensorRef::from_array_view((dims.to_vec(), x.as_slice())).map_err(|e| e.to_string())?;
-    session.run(ort::inputs!["input" => tensor]).map_err(|e| e.to_string())?;
+    let tensor = ort::value::TensorRef::from_array_view((dims.to_vec(), x.as_slice()))?;
+    session.run(ort::inputs!["input" => tensor])?;
     let ort_s = median_seconds(|| {
         if let Ok(tensor) = ort::value::TensorRef::from_array_view((dims.to_vec(), x.as_slice())) {
             let _ = session.run(ort::inputs!["input" => tensor]);
@@ -53,8 +53,8 @@ fn forward_ratio(model: &OnnxModel, n: usize) -> Result<(f64, f64), String> {
 }
 
 /// One pretraining step (every weight, batch statistics, cross-entropy, SGD): images per second.
-fn pretrain_rate(model: &OnnxModel, n: usize) -> Result<f64, String> {
-    let mut graph = Graph::load(model, &cpu_autodiff(), Trainable::All).map_err(|e| e.to_string())?;
+fn pretrain_rate(model: &OnnxModel, n: usize) -> anyhow::Result<f64> {
+    let mut graph = Graph::load(model, &cpu_autodiff(), Trainable::All)?;
     let (x, dims) = input(n, 1, 28, 2);
     let labels: Vec<usize> = (0..n).map(|i| i % 10).collect();
     let mut sgd = Sgd::new(0.01, 0.9);
@@ -71,10 +71,10 @@ fn pretrain_rate(model: &OnnxModel, n: usize) -> Result<f64, String> {
 /// Seconds of one CEMA cloud step with the real adaptation engine: a foundation step on 32
 /// new samples and a distillation step on those 32 plus 96 replayed (the full step once the
 /// replay buffer holds 256).
-fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> Result<f64, String> {
+fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> anyhow::Result<f64> {
     use cema_cloud::adapt::{AdaptConfig, Adapter};
     use cema_core::SampleValues;
-    let manifest = cema_core::Manifest::parse(manifest).map_err(|e| e.to_string())?;
+    let manifest = cema_core::Manifest::parse(manifest)?;
     let mut adapter = Adapter::new((student, &manifest), (foundation, &manifest), AdaptConfig::default())?;
     let mut rng = SplitMix64::new(3);
     let samples: Vec<SampleValues> = (0..128)
@@ -91,7 +91,7 @@ fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str
         }
     });
     match failure {
-        Some(e) => Err(e),
+        Some(e) => Err(e.into()),
         None => Ok(seconds),
     }
 }
@@ -101,9 +101,9 @@ const MOBILE_MANIFEST: &str = "[input]\nname = \"x\"\nshape = [3, 224, 224]\nlay
     [classes]\nnames = [\"c0\", \"c1\", \"c2\", \"c3\", \"c4\", \"c5\", \"c6\", \"c7\", \"c8\", \"c9\"]\n";
 
 /// Runs every measurement, printing as it goes; returns the closing `key=value` line.
-pub fn bench_compute() -> Result<String, String> {
-    let student = ResNetSpec::STUDENT.build(1).map_err(|e| e.to_string())?;
-    let foundation = ResNetSpec::FOUNDATION.build(2).map_err(|e| e.to_string())?;
+pub fn bench_compute() -> anyhow::Result<String> {
+    let student = ResNetSpec::STUDENT.build(1)?;
+    let foundation = ResNetSpec::FOUNDATION.build(2)?;
     println!(
         "built-in architectures: student {} parameters, foundation {} (random weights; timing only)",
         ResNetSpec::STUDENT.parameter_count(),
@@ -119,7 +119,7 @@ pub fn bench_compute() -> Result<String, String> {
     println!("pretraining step, batch 64: student {student_train:.0} img/s, foundation {foundation_train:.0} img/s");
     let step = cema_step_seconds(&student, &foundation, &crate::builtin::BuiltIn::Student.manifest_toml(&[]))?;
     println!("CEMA step (foundation step on 32 + distillation on 32 new and 96 replayed), built-ins: {step:.3} s");
-    let mobile = mobile_224(3).map_err(|e| e.to_string())?;
+    let mobile = mobile_224(3)?;
     let step_224 = cema_step_seconds(&mobile, &mobile, MOBILE_MANIFEST)?;
     println!("CEMA step, 224-px depthwise CNN as student and foundation: {step_224:.3} s");
     Ok(format!(
@@ -131,12 +131,12 @@ pub fn bench_compute() -> Result<String, String> {
 /// and `devices` simulated devices on loopback, each streaming requests of 16 small samples
 /// and waiting for each acknowledgement. Prints samples/s, ack latency percentiles, and the
 /// memory an idle scope costs; returns the closing `key=value` line.
-pub fn bench_ingest(devices: usize, seconds: f64) -> Result<String, String> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+pub fn bench_ingest(devices: usize, seconds: f64) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(ingest(devices.max(1), seconds))
 }
 
-async fn ingest(devices: usize, seconds: f64) -> Result<String, String> {
+async fn ingest(devices: usize, seconds: f64) -> anyhow::Result<String> {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
@@ -145,28 +145,26 @@ async fn ingest(devices: usize, seconds: f64) -> Result<String, String> {
 
     use cema_cloud::server::{Cloud, CloudConfig, ModelConfig};
 
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (model, _) = crate::builtin::write_tiny_models(dir.path()).map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
+    let (model, _) = crate::builtin::write_tiny_models(dir.path())?;
     let manifest_text = crate::builtin::BuiltIn::Student.manifest_toml(&[]);
     // Loopback and plaintext: the figure is the ingest path's, not TLS's.
     let mut model_config = ModelConfig::new(model.clone(), model.clone());
     model_config.keep_versions = 5;
     let config = CloudConfig::loopback(BTreeMap::from([("default".to_owned(), model_config)]));
-    let cloud = Cloud::start(&config, &dir.path().join("data")).await.map_err(|e| format!("{e:#}"))?;
+    let cloud = Cloud::start(&config, &dir.path().join("data")).await?;
     let addr = format!("http://{}", cloud.grpc_addr());
     let registry = cloud.registry();
-    let tokens: Vec<String> = (0..devices)
-        .map(|i| registry.add(&format!("dev-{i}"), "default").map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
+    let tokens: Vec<String> =
+        (0..devices).map(|i| registry.add(&format!("dev-{i}"), "default")).collect::<Result<_, _>>()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(cloud.run(async move {
         let _ = stop_rx.await;
     }));
-    let fingerprint = cema_core::OnnxModel::load(&model).map_err(|e| e.to_string())?.fingerprint().to_hex();
-    let manifest = cema_core::Manifest::parse(&manifest_text).map_err(|e| e.to_string())?;
+    let fingerprint = cema_core::OnnxModel::load(&model)?.fingerprint().to_hex();
+    let manifest = cema_core::Manifest::parse(&manifest_text)?;
     let summary = cema_proto::manifest_summary(&manifest);
-    let pixels = cema_core::codec::encode_u8(&[1, 28, 28], &[128u8; 784], cema_core::Compression::None)
-        .map_err(|e| e.to_string())?;
+    let pixels = cema_core::codec::encode_u8(&[1, 28, 28], &[128u8; 784], cema_core::Compression::None)?;
     let input = cema_proto::sample_to_wire(&pixels);
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();
@@ -239,12 +237,11 @@ fn rss_bytes() -> f64 {
 
 /// Memory of idle adaptation scopes: RSS growth while `scopes` device scopes are created and
 /// given their (source) state, divided by their number.
-pub fn bench_idle_scopes(scopes: usize) -> Result<String, String> {
+pub fn bench_idle_scopes(scopes: usize) -> anyhow::Result<String> {
     use cema_cloud::adapt::{AdaptConfig, Adapter};
-    let student = ResNetSpec::STUDENT.build(1).map_err(|e| e.to_string())?;
-    let foundation = ResNetSpec::FOUNDATION.build(2).map_err(|e| e.to_string())?;
-    let manifest =
-        cema_core::Manifest::parse(&crate::builtin::BuiltIn::Student.manifest_toml(&[])).map_err(|e| e.to_string())?;
+    let student = ResNetSpec::STUDENT.build(1)?;
+    let foundation = ResNetSpec::FOUNDATION.build(2)?;
+    let manifest = cema_core::Manifest::parse(&crate::builtin::BuiltIn::Student.manifest_toml(&[]))?;
     let adapter = Adapter::new((&student, &manifest), (&foundation, &manifest), AdaptConfig::default())?;
     let (tx, _rx) = tokio::sync::watch::channel(0u64);
     let before = rss_bytes();

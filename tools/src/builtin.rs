@@ -20,7 +20,7 @@ pub const MODELS_DIR: &str = "models";
 pub enum BuiltIn {
     /// The edge model: a BN ResNet of ≈ 0.18 M parameters, trained on clean images.
     Student,
-    /// The cloud's foundation model: 5.7× the parameters, trained with corruption augmentation.
+    /// The cloud's foundation model: 5.4× the parameters, trained with corruption augmentation.
     Foundation,
 }
 

@@ -44,17 +44,19 @@ impl CheckReport {
 
 /// The input dims for a batch: from the manifest beside the model if there is one, else from
 /// the model's input (symbolic axes become `batch` for the first, 1 for others).
-fn input_dims(model: &OnnxModel, manifest: Option<&Manifest>, batch_size: usize) -> Result<[usize; 4], String> {
+fn input_dims(model: &OnnxModel, manifest: Option<&Manifest>, batch_size: usize) -> anyhow::Result<[usize; 4]> {
     if let Some(m) = manifest {
         let s = &m.input.shape;
         if s.len() == 3 {
             return Ok([batch_size, s[0], s[1], s[2]]);
         }
     }
-    let name = model.input_names().first().map(|s| s.to_string()).ok_or("the model has no input")?;
-    let info = model.graph().input.iter().find(|i| i.name() == name).ok_or("input not described")?;
+    let name =
+        model.input_names().first().map(|s| s.to_string()).ok_or_else(|| anyhow::anyhow!("the model has no input"))?;
+    let info =
+        model.graph().input.iter().find(|i| i.name() == name).ok_or_else(|| anyhow::anyhow!("input not described"))?;
     let Some(type_proto::Value::TensorType(t)) = info.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        return Err(format!("input `{name}` is not a tensor"));
+        anyhow::bail!("input `{name}` is not a tensor");
     };
     let dims: Vec<Option<usize>> = t
         .shape
@@ -71,16 +73,15 @@ fn input_dims(model: &OnnxModel, manifest: Option<&Manifest>, batch_size: usize)
         .unwrap_or_default();
     match dims.as_slice() {
         [_, Some(c), Some(h), Some(w)] => Ok([batch_size, *c, *h, *w]),
-        other => Err(format!("input `{name}` has dims {other:?}; give a manifest with input.shape")),
+        other => anyhow::bail!("input `{name}` has dims {other:?}; give a manifest with input.shape"),
     }
 }
 
 /// Checks a model file (with `model.toml` beside it if present).
-pub fn check_model(path: &Path, batch_size: usize) -> Result<CheckReport, String> {
-    let model = OnnxModel::load(path).map_err(|e| e.to_string())?;
+pub fn check_model(path: &Path, batch_size: usize) -> anyhow::Result<CheckReport> {
+    let model = OnnxModel::load(path)?;
     let manifest_path = Manifest::path_for(path);
-    let manifest =
-        if manifest_path.is_file() { Some(Manifest::load(&manifest_path).map_err(|e| e.to_string())?) } else { None };
+    let manifest = if manifest_path.is_file() { Some(Manifest::load(&manifest_path)?) } else { None };
     let mut text = String::new();
     let _ = writeln!(text, "model      {} (fingerprint {})", path.display(), model.fingerprint());
     let _ = writeln!(text, "inputs     {:?} → outputs {:?}", model.input_names(), model.output_names());
@@ -123,14 +124,11 @@ pub fn check_model(path: &Path, batch_size: usize) -> Result<CheckReport, String
     };
     let dims = input_dims(&model, manifest.as_ref(), batch_size)?;
     let input = SplitMix64::new(0).vec(dims.iter().product(), -1.0, 1.0);
-    let burn_logits = values(
-        graph.forward(batch(&input, dims, graph.device()), NormMode::Inference).map_err(|e| e.to_string())?.logits,
-    );
-    let library = OrtLibrary::get(None).map_err(|e| e.to_string())?;
-    let ort_logits =
-        library.run_once(&model.encode(), model.input_names()[0], &dims, &input).map_err(|e| e.to_string())?;
+    let burn_logits = values(graph.forward(batch(&input, dims, graph.device()), NormMode::Inference)?.logits);
+    let library = OrtLibrary::get(None)?;
+    let ort_logits = library.run_once(&model.encode(), model.input_names()[0], &dims, &input)?;
     if ort_logits.len() != burn_logits.len() {
-        return Err(format!("ORT produced {} logits, burn {}", ort_logits.len(), burn_logits.len()));
+        anyhow::bail!("ORT produced {} logits, burn {}", ort_logits.len(), burn_logits.len());
     }
     let scale = ort_logits.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     let err = burn_logits.iter().zip(&ort_logits).map(|(a, b)| (a - b).abs() / scale).fold(0.0f32, f32::max);

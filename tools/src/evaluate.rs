@@ -59,10 +59,10 @@ pub fn evaluate(
     data: &Dataset,
     corruptions: &[Corruption],
     severity: u8,
-) -> Result<EvalReport, String> {
-    let library = OrtLibrary::get(None).map_err(|e| e.to_string())?;
+) -> anyhow::Result<EvalReport> {
+    let library = OrtLibrary::get(None)?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut runtime = Runtime::new(library, model.clone(), manifest.clone(), threads).map_err(|e| e.to_string())?;
+    let mut runtime = Runtime::new(library, model.clone(), manifest.clone(), threads)?;
     let clean = accuracy(&mut runtime, &data.images, &data.labels)?;
     let mut corrupted = Vec::with_capacity(corruptions.len());
     for &corruption in corruptions {
@@ -78,7 +78,7 @@ pub fn evaluate(
 }
 
 /// Top-1 accuracy of the runtime's model on raw images.
-pub fn accuracy(runtime: &mut Runtime, images: &[Image], labels: &[u32]) -> Result<f64, String> {
+pub fn accuracy(runtime: &mut Runtime, images: &[Image], labels: &[u32]) -> anyhow::Result<f64> {
     let mut correct = 0usize;
     let mut input = Vec::new();
     for (chunk, chunk_labels) in images.chunks(EVAL_BATCH).zip(labels.chunks(EVAL_BATCH)) {
@@ -86,7 +86,7 @@ pub fn accuracy(runtime: &mut Runtime, images: &[Image], labels: &[u32]) -> Resu
         for image in chunk {
             runtime.manifest().preprocess_u8(&image.to_chw(), &mut input);
         }
-        let prediction = runtime.predict(&input, chunk.len()).map_err(|e| e.to_string())?;
+        let prediction = runtime.predict(&input, chunk.len())?;
         correct += prediction.class.iter().zip(chunk_labels).filter(|(p, l)| **p == **l as usize).count();
     }
     Ok(correct as f64 / images.len().max(1) as f64)

@@ -139,7 +139,7 @@ fn main() -> Result<()> {
     cema_host::init_logging();
     match cli.command {
         Command::Check { model, batch } => {
-            let report = cema_tools::check::check_model(&model, batch.max(1)).map_err(anyhow::Error::msg)?;
+            let report = cema_tools::check::check_model(&model, batch.max(1))?;
             print!("{}", report.text);
             println!("{}", report.summary_line());
             std::process::exit(if report.passed() { 0 } else { 1 });
@@ -153,8 +153,7 @@ fn main() -> Result<()> {
                 test.images.truncate(limit);
                 test.labels.truncate(limit);
             }
-            let report = evaluate(&onnx, &manifest, &test, &cema_shift::Corruption::BENCHMARK, severity)
-                .map_err(anyhow::Error::msg)?;
+            let report = evaluate(&onnx, &manifest, &test, &cema_shift::Corruption::BENCHMARK, severity)?;
             print!("{}", report.table());
             println!(
                 "clean_accuracy={:.4} corrupted_mean_accuracy={:.4} severity={severity} images={}",
@@ -179,13 +178,13 @@ fn main() -> Result<()> {
         }
         Command::Pretrain(args) => pretrain(args),
         Command::Bench(BenchCommand::Ingest { devices, seconds }) => {
-            let scopes = cema_tools::bench::bench_idle_scopes(1000).map_err(anyhow::Error::msg)?;
-            let line = cema_tools::bench::bench_ingest(devices, seconds).map_err(anyhow::Error::msg)?;
+            let scopes = cema_tools::bench::bench_idle_scopes(1000)?;
+            let line = cema_tools::bench::bench_ingest(devices, seconds)?;
             println!("{line} {scopes}");
             Ok(())
         }
         Command::Bench(BenchCommand::Compute) => {
-            let line = cema_tools::bench::bench_compute().map_err(anyhow::Error::msg)?;
+            let line = cema_tools::bench::bench_compute()?;
             println!("{line}");
             Ok(())
         }

@@ -189,7 +189,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainOutcome> {
     eprintln!("evaluating with ONNX Runtime on the test set, clean and under 15 corruptions at severity 5");
     let mut test = load_fashion_mnist(&dir, Split::Test)?;
     truncate(&mut test, options.eval_limit);
-    let report = evaluate(&trained, &manifest, &test, &Corruption::BENCHMARK, 5).map_err(anyhow::Error::msg)?;
+    let report = evaluate(&trained, &manifest, &test, &Corruption::BENCHMARK, 5)?;
 
     let model_path = options.model.model_path(&options.out_dir);
     let provenance = provenance(options, train.len(), &report, &init_note);
