@@ -43,20 +43,12 @@ pub enum BenchError {
 }
 
 fn random_samples(manifest: &Manifest, n: usize, seed: u64) -> Vec<SampleValues> {
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = cema_core::rng::Rng::for_stream(&[seed]);
     let per = manifest.sample_elements();
     (0..n)
         .map(|_| match manifest.input.pixels {
-            cema_core::manifest::PixelType::U8 => SampleValues::U8((0..per).map(|_| next() as u8).collect()),
-            cema_core::manifest::PixelType::F32 => {
-                SampleValues::F32((0..per).map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32).collect())
-            }
+            cema_core::manifest::PixelType::U8 => SampleValues::U8((0..per).map(|_| rng.next_u64() as u8).collect()),
+            cema_core::manifest::PixelType::F32 => SampleValues::F32((0..per).map(|_| rng.unit() as f32).collect()),
         })
         .collect()
 }

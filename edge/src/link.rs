@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cema_core::rng::Rng;
 use cema_proto::transport::ClientTransport;
 use cema_proto::v1::cema_client::CemaClient;
 use cema_proto::v1::{self, RegisterRequest, UploadRequest, WatchParamsRequest};
@@ -183,12 +184,12 @@ struct Backoff {
     attempt: u32,
     min: Duration,
     max: Duration,
-    state: u64,
+    jitter: Rng,
 }
 
 impl Backoff {
     fn new(min: Duration, max: Duration, seed: u64) -> Self {
-        Self { attempt: 0, min, max, state: seed | 1 }
+        Self { attempt: 0, min, max, jitter: Rng::for_stream(&[seed]) }
     }
     fn reset(&mut self) {
         self.attempt = 0;
@@ -196,11 +197,7 @@ impl Backoff {
     fn next(&mut self) -> Duration {
         let cap = self.min.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
         self.attempt += 1;
-        // xorshift64: no dependency for a jitter draw.
-        self.state ^= self.state << 13;
-        self.state ^= self.state >> 7;
-        self.state ^= self.state << 17;
-        cap.mul_f64((self.state >> 11) as f64 / (1u64 << 53) as f64)
+        cap.mul_f64(self.jitter.unit())
     }
 }
 
