@@ -8,7 +8,8 @@
 //! - [`outbox`]: the durable, bounded queue of selected samples and batch-end markers.
 //! - [`link`]: the uploader and the parameter watcher (gRPC, reconnecting).
 //! - [`local`]: edge-local adaptation, following the edge's own input statistics.
-//! - [`agent`]: the loop that ties them together; [`metrics`] for operations (served by
+//! - [`agent`]: what happens to one batch; [`serve`]: the loop over a source that
+//!   `cema-edge run` and embedding programs share; [`metrics`] for operations (served by
 //!   `cema_host::admin`).
 //!
 //! The edge never trains: parameter changes arrive from the cloud as complete
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod runtime;
 pub mod selector;
+pub mod serve;
 
 pub use agent::{Agent, AgentConfig, AgentError, Pacing, PredictionRecord};
 pub use link::CloudLink;

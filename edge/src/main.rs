@@ -5,11 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cema_core::SampleValues;
 use cema_edge::outbox::{FullPolicy, OutboxLimits};
+use cema_edge::serve::{ServeOptions, ServeSummary, Source, finish, serve};
 use cema_edge::{Agent, AgentConfig, CloudLink, OrtLibrary, Pacing, Preset, Runtime};
 use cema_proto::transport::{ClientTlsFiles, ClientTransport};
 use cema_shift::{Corruption, Protocol, Scenario, ScenarioConfig};
@@ -295,15 +296,6 @@ fn merge(mut args: RunArgs) -> Result<RunArgs> {
     Ok(args)
 }
 
-/// One streamed item: its id, the raw sample, and its label if known.
-type Item = (String, SampleValues, Option<u32>);
-
-/// Samples with optional labels and ids.
-struct Source {
-    samples: Box<dyn FnMut(u64, u64) -> Vec<Item>>,
-    len: u64,
-}
-
 fn source(args: &RunArgs, manifest: &cema_core::Manifest) -> Result<Source> {
     let spec = args.source.clone().unwrap_or_else(|| "scenario".to_owned());
     let to_values = |image: &cema_shift::Image| SampleValues::U8(image.to_chw());
@@ -554,59 +546,14 @@ fn run(args: RunArgs) -> Result<()> {
         )),
         _ => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let batch = args.batch.unwrap_or(64).max(1) as u64;
-    let end = source.len.min(args.limit.unwrap_or(u64::MAX));
-    // Resume after the batches a previous run already served from the same source.
-    let mut position = (agent.batches() * batch).min(end);
-    if position > 0 {
-        tracing::info!(position, "resuming the stream after the batches already served");
-    }
-    let started = Instant::now();
-    let (mut correct, mut labelled, mut served, mut uploaded) = (0u64, 0u64, 0u64, 0u64);
-    while position < end && !stop.load(Ordering::Acquire) {
-        let next = (position + batch).min(end);
-        let items = (source.samples)(position, next);
-        let values: Vec<SampleValues> = items.iter().map(|(_, v, _)| v.clone()).collect();
-        let records = agent.push(&values)?;
-        for ((id, _, label), record) in items.iter().zip(&records) {
-            served += 1;
-            uploaded += record.uploaded as u64;
-            if let Some(label) = label {
-                labelled += 1;
-                correct += (*label as usize == record.class) as u64;
-            }
-            writeln!(
-                out,
-                "{{\"id\":{},\"batch\":{},\"class\":{},\"label\":{},\"probability\":{:.6},\"entropy\":{:.6},\"params_version\":{},\"uploaded\":{}}}",
-                serde_json::Value::String(id.clone()),
-                agent.batches(),
-                record.class,
-                label.map_or("null".to_owned(), |l| l.to_string()),
-                record.probability,
-                record.entropy,
-                record.params_version,
-                record.uploaded
-            )?;
-        }
-        position = next;
-        if link.is_some() {
-            agent.wait_for_cloud(tokio.handle())?;
-        }
-        if let Some(fps) = fps {
-            let due = started + Duration::from_secs_f64(served as f64 / fps);
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
-    }
-    out.flush()?;
+    let options = ServeOptions { batch: args.batch.unwrap_or(64) as u64, limit: args.limit, fps };
+    let summary = serve(&mut agent, &mut source, link.is_some(), tokio.handle(), &mut out, &stop, &options)?;
     ready.store(false, Ordering::Release);
     if let Some(link) = link {
-        let drained = agent.drain(tokio.handle(), Duration::from_secs_f64(args.drain_timeout.unwrap_or(30.0)));
-        if !drained {
-            tracing::warn!(entries = agent.outbox().usage().0, "outbox not drained; it is resent on the next start");
-        }
-        tokio.block_on(link.stop());
+        finish(&agent, link, tokio.handle(), Duration::from_secs_f64(args.drain_timeout.unwrap_or(30.0)));
     }
     db.flush()?;
+    let ServeSummary { served, uploaded, labelled, correct, seconds, .. } = summary;
     let accuracy = if labelled > 0 { format!("{:.4}", correct as f64 / labelled as f64) } else { "n/a".into() };
     let metrics = agent.metrics();
     let latency_ms = |q: f64| {
@@ -622,7 +569,7 @@ fn run(args: RunArgs) -> Result<()> {
         agent.outbox().usage().0,
         latency_ms(0.5),
         latency_ms(0.99),
-        started.elapsed().as_secs_f64()
+        seconds
     );
     Ok(())
 }
