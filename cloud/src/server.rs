@@ -16,7 +16,6 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::ServerTlsConfig;
 
 use crate::adapt::AdaptConfig;
 use crate::engine::{Engine, ModelEntry, ScopeKind};
@@ -126,22 +125,18 @@ impl CloudConfig {
         }
     }
 
-    /// The gRPC port's TLS, loaded; `None` for plaintext, which must have been asked for.
-    pub fn server_tls(&self) -> Result<Option<ServerTlsConfig>> {
+    /// The gRPC server with its TLS configured (plaintext only when asked for). Building the
+    /// acceptor parses the key and chain, so a bad file fails the start before any state opens.
+    pub fn grpc_server(&self) -> Result<tonic::transport::Server> {
+        let builder = tonic::transport::Server::builder();
         match (&self.tls, self.plaintext) {
             (Some(_), true) => {
                 bail!("the config has a [tls] section and asks for plaintext (`plaintext`, --plaintext): choose one")
             }
-            (Some(files), false) => {
-                let tls = files.load()?;
-                // Building the acceptor parses the key and chain: a bad file fails the start,
-                // before any state is opened.
-                tonic::transport::Server::builder()
-                    .tls_config(tls.clone())
-                    .with_context(|| format!("the TLS certificate {} or its key", files.cert.display()))?;
-                Ok(Some(tls))
-            }
-            (None, true) => Ok(None),
+            (Some(files), false) => builder
+                .tls_config(files.load()?)
+                .with_context(|| format!("the TLS certificate {} or its key", files.cert.display())),
+            (None, true) => Ok(builder),
             (None, false) => bail!(
                 "gRPC needs TLS: add a [tls] section (cert, key, and client_ca for mutual TLS; `cema-cloud tls init` \
                  makes a private CA and certificates), or serve plaintext explicitly on a network you trust \
@@ -209,7 +204,7 @@ impl CloudConfig {
 /// A cloud whose listeners are bound (so tests can bind port 0 and read the address).
 pub struct Cloud {
     grpc: TcpListener,
-    tls: Option<ServerTlsConfig>,
+    grpc_server: tonic::transport::Server,
     /// "TLS", "mutual TLS" or "plaintext", for the log.
     security: &'static str,
     admin: TcpListener,
@@ -230,7 +225,7 @@ impl Cloud {
     /// Opens the state in `data_dir`, loads the models, starts the engine and binds both
     /// listeners.
     pub async fn start(config: &CloudConfig, data_dir: &Path) -> Result<Self> {
-        let tls = config.server_tls()?;
+        let grpc_server = config.grpc_server()?;
         let security = match &config.tls {
             Some(files) if files.client_ca.is_some() => "mutual TLS",
             Some(_) => "TLS",
@@ -275,7 +270,7 @@ impl Cloud {
             .with_context(|| format!("binding admin HTTP on {}", config.admin_addr))?;
         Ok(Self {
             grpc,
-            tls,
+            grpc_server,
             security,
             admin,
             engine,
@@ -326,12 +321,9 @@ impl Cloud {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut grpc_stop = self.shutdown.subscribe();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = self.tls {
-            builder = builder.tls_config(tls).context("the gRPC port's TLS configuration")?;
-        }
         // Pings drop the streams of devices whose link died silently, so watchers do not pile up.
-        let grpc = builder
+        let grpc = self
+            .grpc_server
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             .add_service(health_service)

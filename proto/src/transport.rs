@@ -151,11 +151,6 @@ impl ClientTransport {
         Self::tls(files)
     }
 
-    /// Whether this is plaintext.
-    pub fn is_plaintext(&self) -> bool {
-        self.tls.is_none()
-    }
-
     /// The endpoint for `url`, with TLS configured; refuses a scheme that does not match.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, TransportError> {
         let bad = |e: tonic::transport::Error| TransportError::BadEndpoint {
