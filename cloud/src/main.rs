@@ -94,7 +94,7 @@ enum ParamsCommand {
     /// Publish an earlier version's parameters again, as a new version (momentum reset).
     Rollback {
         /// Scope, e.g. `device:cam-1` or `fleet:default`.
-        scope: String,
+        scope: cema_cloud::ScopeId,
         /// A stored version.
         version: u64,
     },

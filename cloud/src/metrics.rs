@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::adapt::DistillReport;
 use crate::engine::ScopeGauges;
+use cema_compute::adapt::DistillReport;
 
 /// What `/metrics` reads from the engine at render time.
 #[derive(Debug, Clone, Default)]
@@ -152,77 +152,23 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the engine's `live` figures read at render time.
     pub fn render(&self, live: &LiveView) -> String {
-        let LiveView { scopes, watchers, .. } = *live;
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        for (name, kind, help, value) in self.families(live) {
             cema_host::admin::metric(&mut out, name, kind, help, value);
-        };
-        metric("cema_cloud_samples_accepted_total", "counter", "Samples stored.", self.samples_accepted.get() as f64);
-        metric("cema_cloud_duplicates_total", "counter", "Entries received again.", self.duplicates.get() as f64);
-        metric("cema_cloud_batch_ends_total", "counter", "Batch-end markers stored.", self.batch_ends.get() as f64);
-        metric("cema_cloud_steps_total", "counter", "Adaptation steps.", self.steps.get() as f64);
-        metric(
-            "cema_cloud_replay_only_steps_total",
-            "counter",
-            "Replay-only steps.",
-            self.replay_only_steps.get() as f64,
-        );
-        metric(
-            "cema_cloud_idle_replay_steps_total",
-            "counter",
-            "Replay-only steps run while the engine would have waited (idle_replay_steps).",
-            self.idle_replay_steps.get() as f64,
-        );
-        metric(
-            "cema_cloud_engine_errors_total",
-            "counter",
-            "Failed adaptation rounds.",
-            self.engine_errors.get() as f64,
-        );
-        let mut summary = |name: &str, help: &str, value: &Summary| {
+        }
+        for (name, help, value) in [
+            ("cema_cloud_step_seconds", "seconds spent in steps", &self.step_seconds),
+            (
+                "cema_cloud_distill_sample_kl",
+                "per-sample distillation values T²·KL(teacher‖student)",
+                &self.distill_sample_kl,
+            ),
+        ] {
             let (sum, count) = value.get();
-            metric(&format!("{name}_sum"), "counter", &format!("Sum of {help}."), sum);
-            metric(&format!("{name}_count"), "counter", &format!("Count of {help}."), count as f64);
-        };
-        summary("cema_cloud_step_seconds", "seconds spent in steps", &self.step_seconds);
-        summary(
-            "cema_cloud_distill_sample_kl",
-            "per-sample distillation values T²·KL(teacher‖student)",
-            &self.distill_sample_kl,
-        );
-        metric(
-            "cema_cloud_replay_samples",
-            "gauge",
-            "Replay buffer of the scope adapted last.",
-            self.replay_samples.get(),
-        );
-        metric("cema_cloud_params_version", "gauge", "Version of the scope adapted last.", self.version.get());
-        metric("cema_cloud_foundation_loss", "gauge", "Last foundation loss.", self.foundation_loss.get());
-        metric("cema_cloud_distill_ent", "gauge", "Last weighted entropy term.", self.distill_ent.get());
-        metric("cema_cloud_distill_kl", "gauge", "Last weighted KL term.", self.distill_kl.get());
-        metric("cema_cloud_distill_ce", "gauge", "Last weighted CE term.", self.distill_ce.get());
-        metric("cema_cloud_distill_loss", "gauge", "Last distillation loss.", self.distill_total.get());
-        metric("cema_cloud_distill_batch", "gauge", "Samples in the last distillation step.", self.distill_batch.get());
-        metric(
-            "cema_cloud_distill_sample_kl_max",
-            "gauge",
-            "Largest per-sample distillation value of the last step.",
-            self.distill_sample_kl_max.get(),
-        );
-        metric(
-            "cema_cloud_edge_statistics_adopted_total",
-            "counter",
-            "Scopes whose edge-model statistics came from an edge's first batch.",
-            self.edge_statistics_adopted.get() as f64,
-        );
-        metric(
-            "cema_cloud_edge_statistics_batches_total",
-            "counter",
-            "Edge batch statistics applied (statistics uplink).",
-            self.edge_statistics_batches.get() as f64,
-        );
-        metric("cema_cloud_scopes", "gauge", "Adaptation scopes in memory.", scopes as f64);
-        metric("cema_cloud_watchers", "gauge", "Connected parameter watchers.", watchers as f64);
+            cema_host::admin::metric(&mut out, &format!("{name}_sum"), "counter", &format!("Sum of {help}."), sum);
+            let count_help = format!("Count of {help}.");
+            cema_host::admin::metric(&mut out, &format!("{name}_count"), "counter", &count_help, count as f64);
+        }
         let _ = writeln!(
             out,
             "# HELP cema_cloud_rejected_total Refused requests by reason.\n# TYPE cema_cloud_rejected_total counter"
@@ -232,6 +178,58 @@ impl Metrics {
         }
         render_per_scope(&mut out, live);
         out
+    }
+
+    /// Every single-valued family: name, type, help, value.
+    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 20] {
+        let count = |c: &Counter| c.get() as f64;
+        [
+            ("cema_cloud_samples_accepted_total", "counter", "Samples stored.", count(&self.samples_accepted)),
+            ("cema_cloud_duplicates_total", "counter", "Entries received again.", count(&self.duplicates)),
+            ("cema_cloud_batch_ends_total", "counter", "Batch-end markers stored.", count(&self.batch_ends)),
+            ("cema_cloud_steps_total", "counter", "Adaptation steps.", count(&self.steps)),
+            ("cema_cloud_replay_only_steps_total", "counter", "Replay-only steps.", count(&self.replay_only_steps)),
+            (
+                "cema_cloud_idle_replay_steps_total",
+                "counter",
+                "Replay-only steps run while the engine would have waited (idle_replay_steps).",
+                count(&self.idle_replay_steps),
+            ),
+            ("cema_cloud_engine_errors_total", "counter", "Failed adaptation rounds.", count(&self.engine_errors)),
+            (
+                "cema_cloud_replay_samples",
+                "gauge",
+                "Replay buffer of the scope adapted last.",
+                self.replay_samples.get(),
+            ),
+            ("cema_cloud_params_version", "gauge", "Version of the scope adapted last.", self.version.get()),
+            ("cema_cloud_foundation_loss", "gauge", "Last foundation loss.", self.foundation_loss.get()),
+            ("cema_cloud_distill_ent", "gauge", "Last weighted entropy term.", self.distill_ent.get()),
+            ("cema_cloud_distill_kl", "gauge", "Last weighted KL term.", self.distill_kl.get()),
+            ("cema_cloud_distill_ce", "gauge", "Last weighted CE term.", self.distill_ce.get()),
+            ("cema_cloud_distill_loss", "gauge", "Last distillation loss.", self.distill_total.get()),
+            ("cema_cloud_distill_batch", "gauge", "Samples in the last distillation step.", self.distill_batch.get()),
+            (
+                "cema_cloud_distill_sample_kl_max",
+                "gauge",
+                "Largest per-sample distillation value of the last step.",
+                self.distill_sample_kl_max.get(),
+            ),
+            (
+                "cema_cloud_edge_statistics_adopted_total",
+                "counter",
+                "Scopes whose edge-model statistics came from an edge's first batch.",
+                count(&self.edge_statistics_adopted),
+            ),
+            (
+                "cema_cloud_edge_statistics_batches_total",
+                "counter",
+                "Edge batch statistics applied (statistics uplink).",
+                count(&self.edge_statistics_batches),
+            ),
+            ("cema_cloud_scopes", "gauge", "Adaptation scopes in memory.", live.scopes as f64),
+            ("cema_cloud_watchers", "gauge", "Connected parameter watchers.", live.watchers as f64),
+        ]
     }
 }
 
@@ -248,7 +246,7 @@ fn render_per_scope(out: &mut String, live: &LiveView) {
     for (name, kind, help, field) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for gauges in &live.per_scope {
-            let _ = writeln!(out, "{name}{{scope=\"{}\"}} {}", label_value(&gauges.scope), field(gauges));
+            let _ = writeln!(out, "{name}{{scope=\"{}\"}} {}", label_value(&gauges.scope.to_string()), field(gauges));
         }
     }
     cema_host::admin::metric(

@@ -17,13 +17,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::adapt::AdaptConfig;
-use crate::engine::{Engine, ModelEntry, ScopeKind};
+use crate::engine::Engine;
 use crate::metrics::{LiveView, Metrics};
+use crate::model::ModelEntry;
 use crate::operator::{OperatorService, OperatorToken};
 use crate::registry::DeviceRegistry;
+use crate::scope::ScopeKind;
 use crate::service::CloudService;
 use crate::store::Store;
+use cema_compute::adapt::AdaptConfig;
 
 /// The cloud's configuration file (TOML). Every key has a default; paths are relative to the
 /// file's folder.

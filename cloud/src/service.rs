@@ -12,8 +12,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::{Engine, ModelEntry};
+use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::model::ModelEntry;
 use crate::registry::{AuthError, Device, DeviceRegistry};
 use crate::store::Incoming;
 
@@ -174,10 +175,10 @@ impl Cema for CloudService {
         let scope = model.scope_for(&device.id);
         let latest = self.engine.latest(&scope, &model).map_err(|e| Status::internal(e.to_string()))?;
         let acked_seq = self.engine.store().acked_seq(&device.id).map_err(|e| Status::internal(e.to_string()))?;
-        tracing::info!(device = %device.id, model = %model.id, scope, agent = %request.agent_version, "registered");
+        tracing::info!(device = %device.id, model = %model.id, %scope, agent = %request.agent_version, "registered");
         Ok(Response::new(RegisterResponse {
             model_id: model.id.clone(),
-            scope,
+            scope: scope.to_string(),
             latest_version: latest.version,
             acked_seq,
             max_message_bytes: MAX_MESSAGE_BYTES as u64,

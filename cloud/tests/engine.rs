@@ -8,13 +8,17 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cema_cloud::adapt::{AdaptConfig, StudentStatistics};
-use cema_cloud::engine::{Engine, ScopeKind, draw_without_replacement};
+use cema_cloud::engine::Engine;
 use cema_cloud::metrics::Metrics;
+use cema_cloud::replay::draw_without_replacement;
 use cema_cloud::store::{Incoming, Store};
+use cema_cloud::{ScopeId, ScopeKind};
+use cema_compute::adapt::{AdaptConfig, StudentStatistics};
 use cema_core::OnnxModel;
 
-const SCOPE: &str = "device:d1";
+fn scope() -> ScopeId {
+    ScopeId::device("d1")
+}
 
 struct Feed {
     seq: u64,
@@ -44,7 +48,7 @@ impl Feed {
         }
         self.seq += 1;
         entries.push(Incoming::BatchEnd { seq: self.seq, batch, statistics: None, batch_statistics });
-        store.ingest("d1", SCOPE, &entries, capacity).unwrap();
+        store.ingest("d1", &scope(), &entries, capacity).unwrap();
     }
 }
 
@@ -67,7 +71,7 @@ fn started(adapt: AdaptConfig) -> Started {
     let metrics = Arc::new(Metrics::default());
     let (engine, _threads) = Engine::start(store.clone(), vec![model], 1, Arc::clone(&metrics)).unwrap();
     let model = engine.model("default").unwrap();
-    let watch = engine.subscribe(SCOPE, &model).unwrap();
+    let watch = engine.subscribe(&scope(), &model).unwrap();
     (dir, student, store, metrics, engine, watch)
 }
 
@@ -89,52 +93,79 @@ fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
 
     // 20 queued < 32: no step; replay 20 ≤ 256: no replay-only step.
     feed.batch(&store, 20, 1, 400);
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 1);
     assert_eq!(metrics.steps.get(), 0);
-    assert_eq!(store.meta(SCOPE).unwrap().version, 0);
+    assert_eq!(store.meta(&scope()).unwrap().version, 0);
 
     // 60 queued: one step of 32 new samples, no replay yet (buffer 60 < 256).
     feed.batch(&store, 40, 2, 400);
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 2);
     assert_eq!(metrics.steps.get(), 1);
     assert_eq!(metrics.distill_batch.get(), 32.0);
-    let meta = store.meta(SCOPE).unwrap();
+    let meta = store.meta(&scope()).unwrap();
     assert_eq!((meta.version, meta.queued_samples, meta.replay_len()), (1, 28, 60));
     assert_eq!(watch.borrow().version, 1, "the version was published");
 
     // 28 + 200 = 228 queued, buffer 260 ≥ 256: 7 steps of 32 new + 96 replayed.
     feed.batch(&store, 200, 3, 400);
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 3);
     assert_eq!(metrics.steps.get(), 8);
     assert_eq!(metrics.distill_batch.get(), 128.0);
     assert_eq!(metrics.replay_only_steps.get(), 0);
-    let meta = store.meta(SCOPE).unwrap();
+    let meta = store.meta(&scope()).unwrap();
     assert_eq!((meta.version, meta.queued_samples), (8, 4));
 
     // A batch that uploads nothing triggers no step; the buffer holds > 256: one replay-only
     // step on 128 replayed samples.
     feed.batch(&store, 0, 4, 400);
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 4);
     assert_eq!(metrics.steps.get(), 9);
     assert_eq!(metrics.replay_only_steps.get(), 1);
     assert_eq!(metrics.distill_batch.get(), 128.0);
-    assert_eq!(store.meta(SCOPE).unwrap().version, 9);
+    assert_eq!(store.meta(&scope()).unwrap().version, 9);
 
     // The buffer keeps the newest 400 (FIFO): 560 stored, the oldest 160 gone.
     feed.batch(&store, 300, 5, 400);
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 5);
-    let meta = store.meta(SCOPE).unwrap();
+    let meta = store.meta(&scope()).unwrap();
     assert_eq!((meta.replay_len(), meta.replay_head, meta.replay_next), (400, 160, 560));
     // Versions are contiguous and only the last 5 are kept.
-    let versions = store.versions(SCOPE).unwrap();
+    let versions = store.versions(&scope()).unwrap();
     let last = meta.version;
     assert_eq!(versions, ((last - 4)..=last).collect::<Vec<_>>());
     engine.stop();
+}
+
+#[test]
+fn rollback_republishes_a_stored_version_as_the_next_one() {
+    let (_dir, _, store, _metrics, engine, watch) = started(AdaptConfig::default());
+    let mut feed = Feed { seq: 0, image: 0 };
+    // 96 samples: three steps, versions 1–3.
+    feed.batch(&store, 96, 1, 10_000);
+    engine.schedule(&scope());
+    wait_through(&watch, 1);
+    engine.stop();
+    assert_eq!(store.meta(&scope()).unwrap().version, 3);
+    let first = store.version(&scope(), 1).unwrap().unwrap();
+
+    assert_eq!(store.rollback(&scope(), 1).unwrap(), 4);
+    let meta = store.meta(&scope()).unwrap();
+    assert_eq!((meta.version, meta.steps), (4, 3), "a new version, no step");
+    let republished = store.version(&scope(), 4).unwrap().unwrap();
+    assert_eq!(republished.tensors, first.tensors, "version 4 holds version 1's parameters");
+    assert_eq!(republished.version, 4);
+    let state = store.state(&scope()).unwrap().unwrap();
+    assert_eq!(state.student.version, 4);
+    assert!(state.student_velocity.is_empty(), "the edge model's momentum is reset");
+
+    let unknown = store.rollback(&scope(), 99).unwrap_err();
+    assert!(unknown.to_string().contains("holds no version 99"), "{unknown}");
+    assert_eq!(store.meta(&scope()).unwrap().version, 4, "a refused rollback changes nothing");
 }
 
 #[test]
@@ -174,14 +205,14 @@ fn idle_replay_steps_run_after_a_finished_batch_and_join_its_version() {
         let mut feed = Feed { seq: 0, image: 0 };
         // 300 samples (the buffer holds them on arrival): 9 steps of 32, 12 left queued.
         feed.batch(&store, 300, 1, 10_000);
-        engine.schedule(SCOPE);
+        engine.schedule(&scope());
         wait_through(&watch, 1);
         // 12 + 10 queued < 32: no regular step, one replay-only step (buffer 310 > 256).
         feed.batch(&store, 10, 2, 10_000);
-        engine.schedule(SCOPE);
+        engine.schedule(&scope());
         wait_through(&watch, 2);
-        let meta = store.meta(SCOPE).unwrap();
-        let params = store.version(SCOPE, meta.version).unwrap().unwrap();
+        let meta = store.meta(&scope()).unwrap();
+        let params = store.version(&scope(), meta.version).unwrap().unwrap();
         engine.stop();
         (metrics, meta.version, params)
     };
@@ -211,7 +242,7 @@ fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
     // No samples, only statistics: a new version whose running statistics moved by momentum
     // 0.1 towards the batch's, γ and β untouched, no step.
     feed.batch_with(&store, 0, 1, 10_000, Some(wire.clone()));
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 1);
     assert_eq!((metrics.steps.get(), metrics.edge_statistics_batches.get()), (0, 1));
     let published = watch.borrow().clone();
@@ -236,7 +267,7 @@ fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
     // moved by the batch's statistics only, not by the uploaded samples.
     let before = params;
     feed.batch_with(&store, 40, 2, 10_000, Some(wire));
-    engine.schedule(SCOPE);
+    engine.schedule(&scope());
     wait_through(&watch, 2);
     assert_eq!((metrics.steps.get(), metrics.edge_statistics_batches.get()), (1, 2));
     let published = watch.borrow().clone();

@@ -3,7 +3,7 @@
 
 use burn::Tensor;
 use burn::tensor::TensorData;
-use cema_cloud::adapt::{AdaptConfig, Adapter};
+use cema_compute::adapt::{AdaptConfig, Adapter};
 use cema_compute::loss::{DistillWeights, distillation, weighted_entropy};
 use cema_compute::{Graph, NormMode, Trainable, batch, cpu_autodiff, values};
 use cema_core::onnx::generate::ConvBnClassifier;
@@ -156,7 +156,7 @@ fn one_distillation_step_follows_the_pytorch_momentum_rule() {
     let name = graph_names(&model);
 
     // The gradient at a state, computed independently of the adapter.
-    let gradient_at = |state: &cema_cloud::adapt::ScopeState, adapter: &mut Adapter| -> Vec<f32> {
+    let gradient_at = |state: &cema_compute::adapt::ScopeState, adapter: &mut Adapter| -> Vec<f32> {
         let teacher = adapter.foundation_logits(state, &refs).unwrap();
         let teacher: Vec<Vec<f64>> = teacher.chunks(10).map(|r| r.iter().map(|&v| v as f64).collect()).collect();
         let device = cpu_autodiff();

@@ -117,7 +117,7 @@ async fn bad_input_is_refused_precisely_and_changes_no_state() {
     assert_eq!(h.metrics.samples_accepted.get(), 2);
 
     let state = |h: &Harness| {
-        let meta = h.store.meta("device:d1").unwrap();
+        let meta = h.store.meta(&cema_cloud::ScopeId::device("d1")).unwrap();
         (h.store.acked_seq("d1").unwrap(), meta.replay_len(), meta.queued_samples, h.metrics.samples_accepted.get())
     };
     let before = state(&h);

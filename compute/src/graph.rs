@@ -1,55 +1,15 @@
 //! The executor: a planned ONNX graph whose stored tensors live on a burn device.
 //!
-//! Every value is held as a rank-4 burn tensor with its logical rank: a tensor of logical
-//! shape `[a, b]` is stored as `[1, 1, a, b]`. Left-padding with ones is exactly numpy's
-//! broadcasting rule, so elementwise operators broadcast as ONNX requires, and matrix products
-//! of rank-2 values become batched products of one matrix.
+//! Values are `ops.rs`'s rank-4 tensors with a logical rank; the operators are its table.
 
 use burn::Tensor;
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
-use burn::tensor::{Device, TensorData, activation};
+use burn::tensor::{Device, TensorData};
 use cema_core::{NormLayer, NormParams, NormTensor, OnnxModel};
 
-use crate::error::GraphError;
+use crate::error::{GraphError, ShapeError};
 use crate::norm::{BatchStats, NormMode, normalise};
-use crate::plan::{Op, Plan, Window};
-
-/// Highest rank a value may have.
-const MAX_RANK: usize = 4;
-
-/// A value: a rank-4 burn tensor and the rank it logically has.
-#[derive(Debug, Clone)]
-pub(crate) struct Value {
-    pub(crate) t: Tensor<4>,
-    pub(crate) rank: usize,
-}
-
-impl Value {
-    /// The logical dims.
-    pub(crate) fn dims(&self) -> Vec<usize> {
-        self.t.dims()[MAX_RANK - self.rank..].to_vec()
-    }
-
-    fn from_logical(t: Tensor<4>, dims: &[usize]) -> Result<Self, String> {
-        if dims.len() > MAX_RANK {
-            return Err(format!("rank {} exceeds the supported {MAX_RANK}", dims.len()));
-        }
-        let mut physical = [1usize; MAX_RANK];
-        physical[MAX_RANK - dims.len()..].copy_from_slice(dims);
-        Ok(Value { t: t.reshape(physical), rank: dims.len() })
-    }
-
-    /// Physical axis of a logical (possibly negative) axis.
-    fn axis(&self, axis: i64) -> Result<usize, String> {
-        let rank = self.rank as i64;
-        let logical = if axis < 0 { axis + rank } else { axis };
-        if !(0..rank).contains(&logical) {
-            return Err(format!("axis {axis} is out of range for rank {rank}"));
-        }
-        Ok(MAX_RANK - self.rank + logical as usize)
-    }
-}
+use crate::ops::{Value, apply};
+use crate::plan::{Op, Plan};
 
 /// Which stored tensors receive gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +80,7 @@ impl Graph {
                 Tensor::<4>::from_data(TensorData::new(tensor.values.clone(), [1, 1, 1, n]), device),
                 &tensor.dims,
             )
-            .map_err(|detail| GraphError::Shape { node: tensor.name.clone(), detail })?;
+            .map_err(|source| GraphError::Shape { node: tensor.name.clone(), source })?;
             let train = match trainable {
                 Trainable::None => false,
                 Trainable::NormAffine => affine.contains(slot),
@@ -148,17 +108,17 @@ impl Graph {
         values[self.plan.input] = Some(Value { t: input, rank: 4 });
         let mut batch_stats = vec![None; self.norm.len()];
         for step in &self.plan.steps {
-            let shape = |detail: String| GraphError::Shape { node: step.node.clone(), detail };
+            let shape = |source: ShapeError| GraphError::Shape { node: step.node.clone(), source };
             let args: Vec<Value> = step
                 .inputs
                 .iter()
-                .map(|&slot| values[slot].clone().ok_or_else(|| shape(format!("input slot {slot} has no value"))))
+                .map(|&slot| values[slot].clone().ok_or_else(|| shape(ShapeError::UnsetSlot(slot))))
                 .collect::<Result<_, _>>()?;
             let out = match &step.op {
                 Op::BatchNorm { layer } => {
                     let slots = self.norm[*layer];
                     let get = |slot: usize| {
-                        self.stored[slot].clone().map(|v| v.t).ok_or_else(|| shape("unset norm tensor".into()))
+                        self.stored[slot].clone().map(|v| v.t).ok_or_else(|| shape(ShapeError::UnsetNormTensor))
                     };
                     let params = [get(slots.scale)?, get(slots.bias)?, get(slots.mean)?, get(slots.var)?];
                     let (value, stats) =
@@ -304,204 +264,4 @@ impl Graph {
         }
         params
     }
-}
-
-/// `ReduceMean`/`ReduceSum` over logical `axes` (all when empty), keeping or dropping them.
-fn reduce(v: Value, mean: bool, axes: &[i64], keepdims: bool) -> Result<Value, String> {
-    let mut physical: Vec<usize> = if axes.is_empty() {
-        (MAX_RANK - v.rank..MAX_RANK).collect()
-    } else {
-        axes.iter().map(|&a| v.axis(a)).collect::<Result<_, _>>()?
-    };
-    physical.sort_unstable();
-    physical.dedup();
-    let kept: Vec<usize> = v
-        .dims()
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !physical.contains(&(MAX_RANK - v.rank + i)))
-        .map(|(_, &d)| d)
-        .collect();
-    let rank = v.rank;
-    let mut t = v.t;
-    for &axis in &physical {
-        t = if mean { t.mean_dim(axis) } else { t.sum_dim(axis) };
-    }
-    if keepdims { Ok(Value { t, rank }) } else { Value::from_logical(t, &kept) }
-}
-
-fn conv_options(window: &Window, groups: usize) -> ConvOptions<2> {
-    ConvOptions::new_with_padding(window.stride, window.padding, window.dilation, groups)
-}
-
-fn apply(op: &Op, args: Vec<Value>) -> Result<Value, String> {
-    let one = |args: &[Value]| args.first().cloned().ok_or_else(|| "missing input".to_owned());
-    let rank4 = |v: &Value| {
-        if v.rank == 4 {
-            Ok(v.t.clone())
-        } else {
-            Err(format!("expects a rank-4 [N, C, H, W] input, got rank {}", v.rank))
-        }
-    };
-    Ok(match op {
-        Op::Conv { window, groups } => {
-            let x = rank4(&one(&args)?)?;
-            let weight = args.get(1).ok_or("missing weight")?;
-            if weight.rank != 4 {
-                return Err(format!("weight has rank {}; 2-D convolution needs 4", weight.rank));
-            }
-            let bias = args.get(2).map(|b| {
-                let channels = b.dims().iter().product::<usize>();
-                b.t.clone().reshape([channels])
-            });
-            Value { t: conv2d(x, weight.t.clone(), bias, conv_options(window, *groups)), rank: 4 }
-        }
-        Op::Relu => {
-            let v = one(&args)?;
-            Value { t: activation::relu(v.t), rank: v.rank }
-        }
-        Op::Sigmoid => {
-            let v = one(&args)?;
-            Value { t: activation::sigmoid(v.t), rank: v.rank }
-        }
-        Op::HardSigmoid { alpha, beta } => {
-            let v = one(&args)?;
-            Value { t: v.t.mul_scalar(*alpha).add_scalar(*beta).clamp(0.0, 1.0), rank: v.rank }
-        }
-        Op::Clip { min, max } => {
-            let v = one(&args)?;
-            let t = match (min, max) {
-                (Some(lo), Some(hi)) => v.t.clamp(*lo, *hi),
-                (Some(lo), None) => v.t.clamp_min(*lo),
-                (None, Some(hi)) => v.t.clamp_max(*hi),
-                (None, None) => v.t,
-            };
-            Value { t, rank: v.rank }
-        }
-        Op::Add | Op::Sub | Op::Mul | Op::Div => {
-            let [a, b] = <[Value; 2]>::try_from(args).map_err(|_| "expects two inputs".to_owned())?;
-            let rank = a.rank.max(b.rank);
-            let t = match op {
-                Op::Add => a.t.add(b.t),
-                Op::Sub => a.t.sub(b.t),
-                Op::Mul => a.t.mul(b.t),
-                _ => a.t.div(b.t),
-            };
-            Value { t, rank }
-        }
-        Op::MaxPool { window, ceil } => {
-            let x = rank4(&one(&args)?)?;
-            let mut options = MaxPoolOptions::new(window.kernel);
-            options.stride = window.stride;
-            options.padding = window.padding;
-            options.dilation = window.dilation;
-            options.ceil_mode = *ceil;
-            Value { t: max_pool2d(x, options), rank: 4 }
-        }
-        Op::AvgPool { window, ceil, count_include_pad } => {
-            let x = rank4(&one(&args)?)?;
-            let mut options = AvgPoolOptions::new(window.kernel);
-            options.stride = window.stride;
-            options.padding = window.padding;
-            options.ceil_mode = *ceil;
-            options.count_include_pad = *count_include_pad;
-            Value { t: avg_pool2d(x, options), rank: 4 }
-        }
-        Op::GlobalAvgPool => {
-            let x = rank4(&one(&args)?)?;
-            Value { t: x.mean_dim(2).mean_dim(3), rank: 4 }
-        }
-        Op::Flatten { axis } => {
-            let v = one(&args)?;
-            let dims = v.dims();
-            let axis = if *axis < 0 { *axis + v.rank as i64 } else { *axis } as usize;
-            if axis > dims.len() {
-                return Err(format!("flatten axis {axis} beyond rank {}", dims.len()));
-            }
-            let (head, tail) = dims.split_at(axis);
-            Value::from_logical(v.t, &[head.iter().product(), tail.iter().product()])?
-        }
-        Op::Reshape { shape } => {
-            let v = one(&args)?;
-            let dims = v.dims();
-            let total: usize = dims.iter().product();
-            let mut target: Vec<usize> = Vec::with_capacity(shape.len());
-            let mut infer = None;
-            for (i, &d) in shape.iter().enumerate() {
-                match d {
-                    0 => target.push(*dims.get(i).ok_or("reshape copies a dim the input lacks")?),
-                    -1 if infer.is_none() => {
-                        infer = Some(i);
-                        target.push(1);
-                    }
-                    d if d > 0 => target.push(d as usize),
-                    d => return Err(format!("reshape dim {d} is not supported")),
-                }
-            }
-            if let Some(i) = infer {
-                let known: usize = target.iter().product();
-                if known == 0 || !total.is_multiple_of(known) {
-                    return Err(format!("cannot reshape {dims:?} into {shape:?}"));
-                }
-                target[i] = total / known;
-            }
-            if target.iter().product::<usize>() != total {
-                return Err(format!("cannot reshape {dims:?} into {shape:?}"));
-            }
-            Value::from_logical(v.t, &target)?
-        }
-        Op::Gemm { alpha, beta, trans_a, trans_b } => {
-            let a = args.first().ok_or("missing A")?;
-            let b = args.get(1).ok_or("missing B")?;
-            if a.rank != 2 || b.rank != 2 {
-                return Err(format!("Gemm needs rank-2 operands, got {} and {}", a.rank, b.rank));
-            }
-            let ta = if *trans_a { a.t.clone().swap_dims(2, 3) } else { a.t.clone() };
-            let tb = if *trans_b { b.t.clone().swap_dims(2, 3) } else { b.t.clone() };
-            let mut y = ta.matmul(tb);
-            if *alpha != 1.0 {
-                y = y.mul_scalar(*alpha);
-            }
-            if let Some(c) = args.get(2) {
-                y = y.add(if *beta != 1.0 { c.t.clone().mul_scalar(*beta) } else { c.t.clone() });
-            }
-            Value { t: y, rank: 2 }
-        }
-        Op::MatMul => {
-            let [a, b] = <[Value; 2]>::try_from(args).map_err(|_| "expects two inputs".to_owned())?;
-            if a.rank < 2 || b.rank < 2 {
-                return Err("MatMul of vectors is not supported".to_owned());
-            }
-            let rank = a.rank.max(b.rank);
-            Value { t: a.t.matmul(b.t), rank }
-        }
-        Op::Pad { pads, value } => {
-            let v = one(&args)?;
-            if pads.len() != 2 * v.rank {
-                return Err(format!("{} pads for rank {}", pads.len(), v.rank));
-            }
-            let mut pairs = [(0usize, 0usize); MAX_RANK];
-            for axis in 0..v.rank {
-                pairs[MAX_RANK - v.rank + axis] = (pads[axis] as usize, pads[axis + v.rank] as usize);
-            }
-            Value { t: v.t.pad(pairs, PadMode::Constant(*value)), rank: v.rank }
-        }
-        Op::Concat { axis } => {
-            let first = args.first().ok_or("no inputs")?;
-            let physical = first.axis(*axis)?;
-            let rank = first.rank;
-            Value { t: Tensor::cat(args.into_iter().map(|v| v.t).collect(), physical), rank }
-        }
-        Op::Identity => one(&args)?,
-        Op::Reduce { mean, axes, keepdims } => reduce(one(&args)?, *mean, axes, *keepdims)?,
-        Op::Softmax { axis, legacy } => {
-            let v = one(&args)?;
-            let physical = v.axis(*axis)?;
-            if *legacy && physical != MAX_RANK - 1 {
-                return Err("opset < 13 softmax over several trailing axes is not supported".to_owned());
-            }
-            Value { t: activation::softmax(v.t, physical), rank: v.rank }
-        }
-        Op::BatchNorm { .. } => unreachable!("handled by the caller"),
-    })
 }

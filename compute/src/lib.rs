@@ -9,13 +9,18 @@
 //! pretraining) and nothing else, so frozen weights stay bit-identical; [`Sgd`] applies
 //! PyTorch's momentum rule; [`Graph::norm_params`] exports the state the edge needs.
 //!
-//! Not here: losses and the CEMA adaptation loop (the cloud service), and inference on the
-//! edge (ONNX Runtime in `cema-edge`).
+//! [`adapt`] holds CEMA's cloud step built on these: the two models of a model id, the single
+//! steps, and the order a round runs them in, over a scope's state.
+//!
+//! Not here: queues, storage and publishing (the cloud service), and inference on the edge
+//! (ONNX Runtime in `cema-edge`).
 
+pub mod adapt;
 mod error;
 mod graph;
 pub mod loss;
 mod norm;
+mod ops;
 mod plan;
 mod train;
 pub mod zoo;
@@ -23,7 +28,7 @@ pub mod zoo;
 use burn::Tensor;
 use burn::tensor::{Device, TensorData};
 
-pub use error::GraphError;
+pub use error::{GraphError, ShapeError};
 pub use graph::{Forward, Graph, Trainable};
 pub use norm::{BatchStats, NormMode};
 pub use plan::SUPPORTED_OPS;

@@ -19,7 +19,8 @@
 use burn::Tensor;
 use cema_core::NormLayer;
 
-use crate::graph::Value;
+use crate::error::ShapeError;
+use crate::ops::Value;
 
 /// How normalisation layers compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +52,16 @@ pub(crate) fn normalise(
     params: [Tensor<4>; 4],
     layer: &NormLayer,
     mode: NormMode,
-) -> Result<(Value, Option<BatchStats>), String> {
+) -> Result<(Value, Option<BatchStats>), ShapeError> {
     let channels = layer.channels;
     let (axis, shape) = match x.rank {
         4 => (1, [1, channels, 1, 1]),
         2 => (3, [1, 1, 1, channels]),
-        r => return Err(format!("normalisation of a rank-{r} input is not supported (rank 2 or 4)")),
+        r => return Err(ShapeError::Rank { what: "normalisation input", expected: "2 or 4", actual: r }),
     };
     let dims = x.t.dims();
     if dims[axis] != channels {
-        return Err(format!("input has {} channels, the layer {channels}", dims[axis]));
+        return Err(ShapeError::Channels { expected: channels, actual: dims[axis] });
     }
     let [gamma, beta, running_mean, running_var] = params.map(|p| p.reshape(shape));
     let eps = layer.epsilon;
@@ -71,7 +72,7 @@ pub(crate) fn normalise(
         NormMode::Tbr | NormMode::TbrFirstBatch | NormMode::Batch => {
             let per_channel = dims.iter().product::<usize>() / channels;
             if per_channel < 2 {
-                return Err("batch statistics need at least two values per channel".to_owned());
+                return Err(ShapeError::TooFewForStatistics);
             }
             let flat: Tensor<2> = x_t.clone().swap_dims(0, axis).reshape([channels, per_channel]);
             let mean = flat.clone().mean_dim(1).reshape(shape);

@@ -23,6 +23,6 @@ pub mod rng;
 
 pub use codec::{CodecError, Compression, DecodeLimits, EncodedSample, Encoding, SampleValues};
 pub use manifest::{Manifest, ManifestError};
-pub use norm::{NormDiscovery, NormLayer, StatsInit, UnsupportedNorm};
+pub use norm::{NormDiscovery, NormLayer, NormRefusal, StatsInit, UnsupportedNorm};
 pub use onnx::{ModelError, ModelFingerprint, OnnxModel};
 pub use params::{NormParams, NormTensor, ParamsError};

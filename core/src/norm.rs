@@ -81,14 +81,71 @@ impl NormLayer {
 }
 
 /// A normalisation node that cannot be adapted, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UnsupportedNorm {
     /// The node's name (or `#<index>`).
     pub node: String,
     /// Its operator type.
     pub op_type: String,
     /// What prevents adaptation.
-    pub reason: String,
+    pub reason: NormRefusal,
+}
+
+/// Why a normalisation node cannot be adapted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NormRefusal {
+    /// Not the five inputs of an inference-mode BatchNormalization.
+    #[error("expected 5 inputs (X, scale, B, mean, var), found {0}")]
+    InputCount(usize),
+    /// Exported in training mode.
+    #[error("runs in training mode; export the model in eval mode")]
+    TrainingMode,
+    /// `spatial = 0` (opset < 9).
+    #[error("uses per-element statistics (spatial=0)")]
+    PerElement,
+    /// A parameter computed or fed at run time, so there is nothing to patch.
+    #[error("parameter `{0}` is not an initializer (computed or fed at run time)")]
+    NotInitializer(String),
+    /// A parameter whose values cannot be read as f32.
+    #[error("parameter `{param}`: {detail}")]
+    Unreadable {
+        /// The initializer.
+        param: String,
+        /// Why.
+        detail: String,
+    },
+    /// A parameter that is not a vector.
+    #[error("parameter `{param}` has dims {dims:?}, expected one axis")]
+    NotOneAxis {
+        /// The initializer.
+        param: String,
+        /// Its dims.
+        dims: Vec<i64>,
+    },
+    /// Parameters of different lengths.
+    #[error("parameter `{param}` has {found} values, expected {expected}")]
+    Channels {
+        /// The initializer.
+        param: String,
+        /// Its values.
+        found: usize,
+        /// The first parameter's.
+        expected: usize,
+    },
+    /// An epsilon that is not a positive number.
+    #[error("epsilon {0} is not a positive number")]
+    Epsilon(f32),
+    /// A parameter another layer also uses.
+    #[error("initializer `{param}` is shared with node `{owner}`; each layer needs its own parameters")]
+    Shared {
+        /// The initializer.
+        param: String,
+        /// The node that uses it first.
+        owner: String,
+    },
+    /// A normalisation operator other than BatchNormalization.
+    #[error("only BatchNormalization layers are adapted")]
+    NotBatchNorm,
 }
 
 /// Every normalisation node of a model, sorted into adaptable layers and unsupported ones.
@@ -116,9 +173,7 @@ impl NormDiscovery {
                             .iter()
                             .find_map(|p| owners.get(*p).map(|owner| (p.to_string(), owner.clone())));
                         if let Some((param, owner)) = shared {
-                            found.unsupported.push(unsupported(&name, op, format!(
-                                "initializer `{param}` is shared with node `{owner}`; each layer needs its own parameters"
-                            )));
+                            found.unsupported.push(unsupported(&name, op, NormRefusal::Shared { param, owner }));
                             continue;
                         }
                         for p in layer.parameter_names() {
@@ -129,7 +184,7 @@ impl NormDiscovery {
                     Err(reason) => found.unsupported.push(unsupported(&name, op, reason)),
                 }
             } else if UNSUPPORTED_NORM_OPS.contains(&op) {
-                found.unsupported.push(unsupported(&name, op, "only BatchNormalization layers are adapted".to_owned()));
+                found.unsupported.push(unsupported(&name, op, NormRefusal::NotBatchNorm));
             }
         }
         found
@@ -146,7 +201,7 @@ impl NormDiscovery {
     }
 }
 
-fn unsupported(node: &str, op_type: &str, reason: String) -> UnsupportedNorm {
+fn unsupported(node: &str, op_type: &str, reason: NormRefusal) -> UnsupportedNorm {
     UnsupportedNorm { node: node.to_owned(), op_type: op_type.to_owned(), reason }
 }
 
@@ -165,36 +220,35 @@ fn float_attribute(node: &NodeProto, name: &str, default: f32) -> f32 {
     }
 }
 
-fn batch_norm_layer(model: &OnnxModel, node: &NodeProto, name: &str) -> Result<NormLayer, String> {
+fn batch_norm_layer(model: &OnnxModel, node: &NodeProto, name: &str) -> Result<NormLayer, NormRefusal> {
     if node.input.len() != 5 {
-        return Err(format!("expected 5 inputs (X, scale, B, mean, var), found {}", node.input.len()));
+        return Err(NormRefusal::InputCount(node.input.len()));
     }
     if attribute(node, "training_mode").is_some_and(|a| a.i() != 0) || node.output.len() > 1 {
-        return Err("runs in training mode; export the model in eval mode".to_owned());
+        return Err(NormRefusal::TrainingMode);
     }
     if attribute(node, "spatial").is_some_and(|a| a.i() == 0) {
-        return Err("uses per-element statistics (spatial=0)".to_owned());
+        return Err(NormRefusal::PerElement);
     }
     let mut channels = None;
     for param in &node.input[1..] {
-        let tensor = model
-            .initializer(param)
-            .ok_or_else(|| format!("parameter `{param}` is not an initializer (computed or fed at run time)"))?;
-        let values = read_f32(tensor).map_err(|e| e.to_string())?;
+        let tensor = model.initializer(param).ok_or_else(|| NormRefusal::NotInitializer(param.clone()))?;
+        let values =
+            read_f32(tensor).map_err(|e| NormRefusal::Unreadable { param: param.clone(), detail: e.to_string() })?;
         if tensor.dims.len() != 1 {
-            return Err(format!("parameter `{param}` has dims {:?}, expected one axis", tensor.dims));
+            return Err(NormRefusal::NotOneAxis { param: param.clone(), dims: tensor.dims.clone() });
         }
         match channels {
             None => channels = Some(values.len()),
             Some(c) if c != values.len() => {
-                return Err(format!("parameter `{param}` has {} values, expected {c}", values.len()));
+                return Err(NormRefusal::Channels { param: param.clone(), found: values.len(), expected: c });
             }
             Some(_) => {}
         }
     }
     let epsilon = float_attribute(node, "epsilon", ONNX_BN_DEFAULT_EPSILON);
     if !(epsilon > 0.0 && epsilon.is_finite()) {
-        return Err(format!("epsilon {epsilon} is not a positive number"));
+        return Err(NormRefusal::Epsilon(epsilon));
     }
     Ok(NormLayer {
         node: name.to_owned(),

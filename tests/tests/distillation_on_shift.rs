@@ -5,7 +5,7 @@
 
 mod support;
 
-use cema_cloud::adapt::{AdaptConfig, Adapter};
+use cema_compute::adapt::{AdaptConfig, Adapter};
 use cema_core::{Manifest, OnnxModel, SampleValues};
 
 #[test]
@@ -25,7 +25,7 @@ fn distillation_steps_on_shifted_data_lower_the_students_kl_to_the_foundation() 
         })
         .collect();
     let refs: Vec<&SampleValues> = samples.iter().collect();
-    let kl = |adapter: &mut Adapter, state: &cema_cloud::adapt::ScopeState| -> f64 {
+    let kl = |adapter: &mut Adapter, state: &cema_compute::adapt::ScopeState| -> f64 {
         let s = adapter.student_logits(state, &refs).unwrap();
         let t = adapter.foundation_logits(state, &refs).unwrap();
         let mut total = 0.0;

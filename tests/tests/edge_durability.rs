@@ -66,7 +66,7 @@ fn cloud_down_kill_9_and_restart_lose_and_duplicate_nothing() {
     let db = sled::open(data.join("state")).unwrap();
     let store = cema_cloud::store::Store::open(&db).unwrap();
     let ids: Vec<u64> = (meta.replay_head..meta.replay_next).collect();
-    let stored = store.replay_samples("device:cam", &ids).unwrap();
+    let stored = store.replay_samples(&cema_cloud::ScopeId::device("cam"), &ids).unwrap();
     let unique: BTreeSet<Vec<u8>> = stored.iter().map(|t| t.data.clone()).collect();
     assert_eq!(stored.len(), 640, "samples stored (agent summary: {summary:?})");
     assert_eq!(unique.len(), 640, "no sample stored twice");

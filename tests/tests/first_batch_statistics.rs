@@ -99,13 +99,17 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
         assert_eq!(agent.metrics().first_batch_inits.load(Ordering::Relaxed), 1);
         assert!(agent.wait_for_cloud(rt.handle()).unwrap(), "the cloud processed batch 1");
         // The scope's edge model now has exactly the statistics the edge serves with.
-        let state = store.state("device:cam").unwrap().expect("scope state stored");
+        let state = store.state(&cema_cloud::ScopeId::device("cam")).unwrap().expect("scope state stored");
         assert!(state.student_stats_set);
         let discovery = NormDiscovery::of(&source);
         for name in discovery.layers.iter().flat_map(|l| [&l.mean, &l.var]) {
             assert_eq!(state.student.tensors[name].values, expected.tensors[name].values, "{name}");
         }
-        assert_eq!(store.meta("device:cam").unwrap().version, 0, "adopting statistics is no new version");
+        assert_eq!(
+            store.meta(&cema_cloud::ScopeId::device("cam")).unwrap().version,
+            0,
+            "adopting statistics is no new version"
+        );
         assert_eq!(metrics.edge_statistics_adopted.get(), 1);
         // The link's tasks hold the agent's store; they end before the restart opens it.
         rt.block_on(link.stop());

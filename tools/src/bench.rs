@@ -72,7 +72,7 @@ fn pretrain_rate(model: &OnnxModel, n: usize) -> anyhow::Result<f64> {
 /// new samples and a distillation step on those 32 plus 96 replayed (the full step once the
 /// replay buffer holds 256).
 fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> anyhow::Result<f64> {
-    use cema_cloud::adapt::{AdaptConfig, Adapter};
+    use cema_compute::adapt::{AdaptConfig, Adapter};
     use cema_core::SampleValues;
     let manifest = cema_core::Manifest::parse(manifest)?;
     let mut adapter = Adapter::new((student, &manifest), (foundation, &manifest), AdaptConfig::default())?;
@@ -140,9 +140,6 @@ async fn ingest(devices: usize, seconds: f64) -> anyhow::Result<String> {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    use cema_proto::v1::cema_client::CemaClient;
-    use cema_proto::v1::{Sample, UploadRequest};
-
     use cema_cloud::server::{Cloud, CloudConfig, ModelConfig};
 
     let dir = tempfile::tempdir()?;
@@ -171,41 +168,14 @@ async fn ingest(devices: usize, seconds: f64) -> anyhow::Result<String> {
     let mut tasks = Vec::new();
     for (i, token) in tokens.into_iter().enumerate() {
         let (addr, input, fingerprint, summary) = (addr.clone(), input.clone(), fingerprint.clone(), summary.clone());
-        tasks.push(tokio::spawn(async move {
-            let device = format!("dev-{i}");
-            let channel = tonic::transport::Endpoint::from_shared(addr).ok()?.connect().await.ok()?;
-            let auth = cema_proto::bearer(&token);
-            let mut client = CemaClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-                r.metadata_mut()
-                    .insert(cema_proto::AUTHORIZATION, auth.parse().map_err(|_| tonic::Status::internal("token"))?);
-                Ok(r)
-            });
-            let register = cema_proto::v1::RegisterRequest {
-                device_id: device.clone(),
-                model_fingerprint: fingerprint,
-                manifest: Some(summary),
-                agent_version: "bench".into(),
-                applied_version: 0,
-            };
-            client.register(register).await.ok()?;
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let mut acks = client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.ok()?.into_inner();
-            let mut latencies = Vec::new();
-            let mut seq = 0u64;
-            while Instant::now() < deadline {
-                let samples = (0..16)
-                    .map(|_| {
-                        seq += 1;
-                        Sample { seq, input: Some(input.clone()), entropy: 0.3, params_version: 0, predicted_class: 0 }
-                    })
-                    .collect();
-                let sent = Instant::now();
-                tx.send(UploadRequest { device_id: device.clone(), samples, batch_ends: Vec::new() }).await.ok()?;
-                acks.message().await.ok()??;
-                latencies.push(sent.elapsed().as_secs_f64() * 1e3);
-            }
-            Some(latencies)
-        }));
+        tasks.push(tokio::spawn(stream_device(
+            format!("dev-{i}"),
+            token,
+            addr,
+            input,
+            (fingerprint, summary),
+            deadline,
+        )));
     }
     let mut latencies = Vec::new();
     for task in tasks {
@@ -227,6 +197,53 @@ async fn ingest(devices: usize, seconds: f64) -> anyhow::Result<String> {
     Ok(format!("devices={devices} samples_per_s={rate:.0} p50_ack_ms={p50:.2} p99_ack_ms={p99:.2}"))
 }
 
+/// One simulated device of `bench ingest`: registers, then sends requests of 16 samples until
+/// `deadline`, each after the last one's acknowledgement. Its ack latencies in ms (`None` if
+/// the cloud refused it).
+async fn stream_device(
+    device: String,
+    token: String,
+    addr: String,
+    input: cema_proto::v1::EncodedTensor,
+    (fingerprint, summary): (String, cema_proto::v1::ManifestSummary),
+    deadline: Instant,
+) -> Option<Vec<f64>> {
+    use cema_proto::v1::cema_client::CemaClient;
+    use cema_proto::v1::{Sample, UploadRequest};
+
+    let channel = tonic::transport::Endpoint::from_shared(addr).ok()?.connect().await.ok()?;
+    let auth = cema_proto::bearer(&token);
+    let mut client = CemaClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert(cema_proto::AUTHORIZATION, auth.parse().map_err(|_| tonic::Status::internal("token"))?);
+        Ok(r)
+    });
+    let register = cema_proto::v1::RegisterRequest {
+        device_id: device.clone(),
+        model_fingerprint: fingerprint,
+        manifest: Some(summary),
+        agent_version: "bench".into(),
+        applied_version: 0,
+    };
+    client.register(register).await.ok()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut acks = client.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.ok()?.into_inner();
+    let mut latencies = Vec::new();
+    let mut seq = 0u64;
+    while Instant::now() < deadline {
+        let samples = (0..16)
+            .map(|_| {
+                seq += 1;
+                Sample { seq, input: Some(input.clone()), entropy: 0.3, params_version: 0, predicted_class: 0 }
+            })
+            .collect();
+        let sent = Instant::now();
+        tx.send(UploadRequest { device_id: device.clone(), samples, batch_ends: Vec::new() }).await.ok()?;
+        acks.message().await.ok()??;
+        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+    }
+    Some(latencies)
+}
+
 /// Resident memory of this process in bytes.
 fn rss_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -238,7 +255,7 @@ fn rss_bytes() -> f64 {
 /// Memory of idle adaptation scopes: RSS growth while `scopes` device scopes are created and
 /// given their (source) state, divided by their number.
 pub fn bench_idle_scopes(scopes: usize) -> anyhow::Result<String> {
-    use cema_cloud::adapt::{AdaptConfig, Adapter};
+    use cema_compute::adapt::{AdaptConfig, Adapter};
     let student = ResNetSpec::STUDENT.build(1)?;
     let foundation = ResNetSpec::FOUNDATION.build(2)?;
     let manifest = cema_core::Manifest::parse(&crate::builtin::BuiltIn::Student.manifest_toml(&[]))?;

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use cema_cloud::adapt::AdaptConfig;
-use cema_cloud::engine::{ModelEntry, ScopeKind};
+use cema_cloud::{ModelEntry, ScopeKind};
+use cema_compute::adapt::AdaptConfig;
 use cema_core::codec::{self, Compression};
 use cema_core::{Manifest, OnnxModel};
 use cema_proto::v1;

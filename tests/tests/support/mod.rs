@@ -113,10 +113,11 @@ pub(crate) fn image_id(tensor: &v1::EncodedTensor) -> u64 {
 pub(crate) fn stored_ids(data: &Path, scope: &str) -> (Vec<u64>, cema_cloud::store::ScopeMeta, u64) {
     let db = sled::open(data.join("state")).unwrap();
     let store = cema_cloud::store::Store::open(&db).unwrap();
-    let meta = store.meta(scope).unwrap();
+    let scope: cema_cloud::ScopeId = scope.parse().unwrap();
+    let meta = store.meta(&scope).unwrap();
     let ids: Vec<u64> = (meta.replay_head..meta.replay_next).collect();
-    let samples = store.replay_samples(scope, &ids).unwrap();
-    let acked = store.acked_seq(scope.trim_start_matches("device:")).unwrap();
+    let samples = store.replay_samples(&scope, &ids).unwrap();
+    let acked = store.acked_seq(scope.device_id().unwrap()).unwrap();
     (samples.iter().map(image_id).collect(), meta, acked)
 }
 

@@ -1,0 +1,279 @@
+//! Values and the operator table of the executor.
+//!
+//! Every value is held as a rank-4 burn tensor with its logical rank: a tensor of logical
+//! shape `[a, b]` is stored as `[1, 1, a, b]`. Left-padding with ones is exactly numpy's
+//! broadcasting rule, so elementwise operators broadcast as ONNX requires, and matrix products
+//! of rank-2 values become batched products of one matrix.
+
+use burn::Tensor;
+use burn::tensor::activation;
+use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
+
+use crate::error::ShapeError;
+use crate::plan::{Op, Window};
+
+/// Highest rank a value may have.
+pub(crate) const MAX_RANK: usize = 4;
+
+/// A value: a rank-4 burn tensor and the rank it logically has.
+#[derive(Debug, Clone)]
+pub(crate) struct Value {
+    pub(crate) t: Tensor<4>,
+    pub(crate) rank: usize,
+}
+
+impl Value {
+    /// The logical dims.
+    pub(crate) fn dims(&self) -> Vec<usize> {
+        self.t.dims()[MAX_RANK - self.rank..].to_vec()
+    }
+
+    pub(crate) fn from_logical(t: Tensor<4>, dims: &[usize]) -> Result<Self, ShapeError> {
+        if dims.len() > MAX_RANK {
+            return Err(ShapeError::RankTooHigh(dims.len()));
+        }
+        let mut physical = [1usize; MAX_RANK];
+        physical[MAX_RANK - dims.len()..].copy_from_slice(dims);
+        Ok(Value { t: t.reshape(physical), rank: dims.len() })
+    }
+
+    /// Physical axis of a logical (possibly negative) axis.
+    fn axis(&self, axis: i64) -> Result<usize, ShapeError> {
+        let rank = self.rank as i64;
+        let logical = if axis < 0 { axis + rank } else { axis };
+        if !(0..rank).contains(&logical) {
+            return Err(ShapeError::Axis { axis, rank: self.rank });
+        }
+        Ok(MAX_RANK - self.rank + logical as usize)
+    }
+}
+
+/// `ReduceMean`/`ReduceSum` over logical `axes` (all when empty), keeping or dropping them.
+fn reduce(v: Value, mean: bool, axes: &[i64], keepdims: bool) -> Result<Value, ShapeError> {
+    let mut physical: Vec<usize> = if axes.is_empty() {
+        (MAX_RANK - v.rank..MAX_RANK).collect()
+    } else {
+        axes.iter().map(|&a| v.axis(a)).collect::<Result<_, _>>()?
+    };
+    physical.sort_unstable();
+    physical.dedup();
+    let kept: Vec<usize> = v
+        .dims()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !physical.contains(&(MAX_RANK - v.rank + i)))
+        .map(|(_, &d)| d)
+        .collect();
+    let rank = v.rank;
+    let mut t = v.t;
+    for &axis in &physical {
+        t = if mean { t.mean_dim(axis) } else { t.sum_dim(axis) };
+    }
+    if keepdims { Ok(Value { t, rank }) } else { Value::from_logical(t, &kept) }
+}
+
+fn conv_options(window: &Window, groups: usize) -> ConvOptions<2> {
+    ConvOptions::new_with_padding(window.stride, window.padding, window.dilation, groups)
+}
+
+/// The first input.
+fn first(args: &[Value]) -> Result<Value, ShapeError> {
+    args.first().cloned().ok_or(ShapeError::MissingInput("input"))
+}
+
+/// The first input as `[N, C, H, W]`.
+fn first_rank4(args: &[Value]) -> Result<Tensor<4>, ShapeError> {
+    let v = first(args)?;
+    if v.rank == 4 {
+        Ok(v.t)
+    } else {
+        Err(ShapeError::Rank { what: "input", expected: "4 [N, C, H, W]", actual: v.rank })
+    }
+}
+
+/// Exactly two inputs.
+fn two(args: Vec<Value>) -> Result<[Value; 2], ShapeError> {
+    <[Value; 2]>::try_from(args).map_err(|args| ShapeError::InputCount { expected: 2, actual: args.len() })
+}
+
+/// Runs one operator (normalisation is the graph's, `norm.rs`).
+pub(crate) fn apply(op: &Op, args: Vec<Value>) -> Result<Value, ShapeError> {
+    match op {
+        Op::Relu | Op::Sigmoid | Op::HardSigmoid { .. } | Op::Clip { .. } | Op::Identity => {
+            let v = first(&args)?;
+            Ok(Value { t: activation_of(op, v.t), rank: v.rank })
+        }
+        Op::Add | Op::Sub | Op::Mul | Op::Div => {
+            let [a, b] = two(args)?;
+            let rank = a.rank.max(b.rank);
+            let t = match op {
+                Op::Add => a.t.add(b.t),
+                Op::Sub => a.t.sub(b.t),
+                Op::Mul => a.t.mul(b.t),
+                _ => a.t.div(b.t),
+            };
+            Ok(Value { t, rank })
+        }
+        Op::Conv { .. } | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => spatial(op, &args),
+        Op::Gemm { .. } | Op::MatMul => matrix(op, args),
+        Op::Flatten { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Concat { .. } => layout(op, args),
+        Op::Reduce { mean, axes, keepdims } => reduce(first(&args)?, *mean, axes, *keepdims),
+        Op::Softmax { axis, legacy } => {
+            let v = first(&args)?;
+            let physical = v.axis(*axis)?;
+            if *legacy && physical != MAX_RANK - 1 {
+                return Err(ShapeError::Unsupported("opset < 13 softmax over several trailing axes"));
+            }
+            Ok(Value { t: activation::softmax(v.t, physical), rank: v.rank })
+        }
+        Op::BatchNorm { .. } => unreachable!("handled by the caller"),
+    }
+}
+
+/// Elementwise activations (and Identity).
+fn activation_of(op: &Op, t: Tensor<4>) -> Tensor<4> {
+    match op {
+        Op::Relu => activation::relu(t),
+        Op::Sigmoid => activation::sigmoid(t),
+        Op::HardSigmoid { alpha, beta } => t.mul_scalar(*alpha).add_scalar(*beta).clamp(0.0, 1.0),
+        Op::Clip { min: Some(lo), max: Some(hi) } => t.clamp(*lo, *hi),
+        Op::Clip { min: Some(lo), max: None } => t.clamp_min(*lo),
+        Op::Clip { min: None, max: Some(hi) } => t.clamp_max(*hi),
+        _ => t,
+    }
+}
+
+/// Convolution and pooling over `[N, C, H, W]`.
+fn spatial(op: &Op, args: &[Value]) -> Result<Value, ShapeError> {
+    let x = first_rank4(args)?;
+    let t = match op {
+        Op::Conv { window, groups } => {
+            let weight = args.get(1).ok_or(ShapeError::MissingInput("weight"))?;
+            if weight.rank != 4 {
+                return Err(ShapeError::Rank { what: "2-D convolution weight", expected: "4", actual: weight.rank });
+            }
+            let bias = args.get(2).map(|b| {
+                let channels = b.dims().iter().product::<usize>();
+                b.t.clone().reshape([channels])
+            });
+            conv2d(x, weight.t.clone(), bias, conv_options(window, *groups))
+        }
+        Op::MaxPool { window, ceil } => {
+            let mut options = MaxPoolOptions::new(window.kernel);
+            options.stride = window.stride;
+            options.padding = window.padding;
+            options.dilation = window.dilation;
+            options.ceil_mode = *ceil;
+            max_pool2d(x, options)
+        }
+        Op::AvgPool { window, ceil, count_include_pad } => {
+            let mut options = AvgPoolOptions::new(window.kernel);
+            options.stride = window.stride;
+            options.padding = window.padding;
+            options.ceil_mode = *ceil;
+            options.count_include_pad = *count_include_pad;
+            avg_pool2d(x, options)
+        }
+        _ => x.mean_dim(2).mean_dim(3),
+    };
+    Ok(Value { t, rank: 4 })
+}
+
+/// Gemm and MatMul.
+fn matrix(op: &Op, args: Vec<Value>) -> Result<Value, ShapeError> {
+    let Op::Gemm { alpha, beta, trans_a, trans_b } = op else {
+        let [a, b] = two(args)?;
+        if a.rank < 2 || b.rank < 2 {
+            return Err(ShapeError::Unsupported("MatMul of vectors"));
+        }
+        let rank = a.rank.max(b.rank);
+        return Ok(Value { t: a.t.matmul(b.t), rank });
+    };
+    let a = args.first().ok_or(ShapeError::MissingInput("A"))?;
+    let b = args.get(1).ok_or(ShapeError::MissingInput("B"))?;
+    for operand in [a, b] {
+        if operand.rank != 2 {
+            return Err(ShapeError::Rank { what: "Gemm operand", expected: "2", actual: operand.rank });
+        }
+    }
+    let ta = if *trans_a { a.t.clone().swap_dims(2, 3) } else { a.t.clone() };
+    let tb = if *trans_b { b.t.clone().swap_dims(2, 3) } else { b.t.clone() };
+    let mut y = ta.matmul(tb);
+    if *alpha != 1.0 {
+        y = y.mul_scalar(*alpha);
+    }
+    if let Some(c) = args.get(2) {
+        y = y.add(if *beta != 1.0 { c.t.clone().mul_scalar(*beta) } else { c.t.clone() });
+    }
+    Ok(Value { t: y, rank: 2 })
+}
+
+/// Operators that move values between shapes: Flatten, Reshape, Pad, Concat.
+fn layout(op: &Op, args: Vec<Value>) -> Result<Value, ShapeError> {
+    match op {
+        Op::Flatten { axis } => {
+            let v = first(&args)?;
+            let dims = v.dims();
+            let axis = if *axis < 0 { *axis + v.rank as i64 } else { *axis } as usize;
+            if axis > dims.len() {
+                return Err(ShapeError::Axis { axis: axis as i64, rank: dims.len() });
+            }
+            let (head, tail) = dims.split_at(axis);
+            Value::from_logical(v.t, &[head.iter().product(), tail.iter().product()])
+        }
+        Op::Reshape { shape } => {
+            let v = first(&args)?;
+            let target = reshape_target(&v.dims(), shape)?;
+            Value::from_logical(v.t, &target)
+        }
+        Op::Pad { pads, value } => {
+            let v = first(&args)?;
+            if pads.len() != 2 * v.rank {
+                return Err(ShapeError::Pads { pads: pads.len(), rank: v.rank });
+            }
+            let mut pairs = [(0usize, 0usize); MAX_RANK];
+            for axis in 0..v.rank {
+                pairs[MAX_RANK - v.rank + axis] = (pads[axis] as usize, pads[axis + v.rank] as usize);
+            }
+            Ok(Value { t: v.t.pad(pairs, PadMode::Constant(*value)), rank: v.rank })
+        }
+        Op::Concat { axis } => {
+            let first = args.first().ok_or(ShapeError::MissingInput("input"))?;
+            let physical = first.axis(*axis)?;
+            let rank = first.rank;
+            Ok(Value { t: Tensor::cat(args.into_iter().map(|v| v.t).collect(), physical), rank })
+        }
+        _ => unreachable!("layout is called for layout operators only"),
+    }
+}
+
+/// ONNX Reshape's target dims: 0 copies the input's dim, one −1 is inferred.
+fn reshape_target(dims: &[usize], shape: &[i64]) -> Result<Vec<usize>, ShapeError> {
+    let total: usize = dims.iter().product();
+    let impossible = || ShapeError::Reshape { dims: dims.to_vec(), shape: shape.to_vec() };
+    let mut target: Vec<usize> = Vec::with_capacity(shape.len());
+    let mut infer = None;
+    for (i, &d) in shape.iter().enumerate() {
+        match d {
+            0 => target.push(*dims.get(i).ok_or_else(impossible)?),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                target.push(1);
+            }
+            d if d > 0 => target.push(d as usize),
+            _ => return Err(impossible()),
+        }
+    }
+    if let Some(i) = infer {
+        let known: usize = target.iter().product();
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(impossible());
+        }
+        target[i] = total / known;
+    }
+    if target.iter().product::<usize>() != total {
+        return Err(impossible());
+    }
+    Ok(target)
+}
