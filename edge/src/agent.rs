@@ -8,19 +8,15 @@ use std::time::{Duration, Instant};
 
 use cema_core::{Compression, Encoding, NormParams, SampleValues, StatsInit, codec};
 use cema_proto::v1;
-use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use crate::link::{AckedBatches, CloudLink, LinkState, Pending, PendingUpdate};
 use crate::local::LocalAdaptation;
 use crate::metrics::EdgeMetrics;
 use crate::outbox::{Outbox, OutboxError, OutboxLimits};
-use crate::runtime::{Runtime, RuntimeError};
-use crate::selector::{Selector, SelectorConfig, SelectorState};
-
-const SELECTOR_KEY: &[u8] = b"selector_state";
-const APPLIED_KEY: &[u8] = b"applied_params";
-const BATCH_KEY: &[u8] = b"batch_index";
+use crate::runtime::{Prediction, Runtime, RuntimeError};
+use crate::selector::{Selector, SelectorConfig};
+use crate::store::{BatchRecords, EdgeStore, EdgeStoreError};
 
 /// How the agent paces itself against parameter updates.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,8 +65,8 @@ pub enum AgentError {
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     /// The agent's state store failed.
-    #[error("agent state: {0}")]
-    State(String),
+    #[error(transparent)]
+    State(#[from] EdgeStoreError),
     /// Bad input.
     #[error("input: {0}")]
     Input(String),
@@ -98,7 +94,7 @@ pub struct PredictionRecord {
 pub struct Agent {
     runtime: Runtime,
     selector: Selector,
-    outbox: Arc<Outbox>,
+    store: EdgeStore,
     config: AgentConfig,
     batch_index: u64,
     pending: Pending,
@@ -127,27 +123,16 @@ impl Agent {
         if config.uplink_statistics || config.local_every.is_some() {
             runtime.observe_statistics()?;
         }
-        let outbox = Arc::new(Outbox::open(db, config.outbox)?);
-        let meta = outbox.meta();
-        let state_err = |e: &dyn std::fmt::Display| AgentError::State(e.to_string());
-        let selector_state: SelectorState = match meta.get(SELECTOR_KEY).map_err(|e| state_err(&e))? {
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| state_err(&e))?,
-            None => SelectorState::default(),
-        };
-        let batch_index = meta.get(BATCH_KEY).map_err(|e| state_err(&e))?.map(|v| be_u64(&v)).unwrap_or(0);
-        let applied = meta.get(APPLIED_KEY).map_err(|e| state_err(&e))?;
-        let serving_source = applied.is_none();
-        let resumed = match applied {
-            Some(bytes) => {
-                let wire = v1::NormParams::decode(bytes.as_ref()).map_err(|e| state_err(&e))?;
-                let params = cema_proto::norm_params_from_wire(wire).map_err(|e| state_err(&e))?;
-                let prepared = runtime.prepare(&params)?;
-                runtime.swap(prepared);
-                tracing::info!(version = params.version, "resumed with adapted parameters");
-                Some(params)
-            }
-            None => None,
-        };
+        let store = EdgeStore::open(db, config.outbox)?;
+        let selector_state = store.selector_state()?;
+        let batch_index = store.batch_index()?;
+        let resumed = store.applied_params()?;
+        let serving_source = resumed.is_none();
+        if let Some(params) = &resumed {
+            let prepared = runtime.prepare(params)?;
+            runtime.swap(prepared);
+            tracing::info!(version = params.version, "resumed with adapted parameters");
+        }
         let local = match config.local_every {
             Some(every) => {
                 let serving = match resumed {
@@ -166,7 +151,7 @@ impl Agent {
             selector: Selector::new(config.selector.clone(), classes, selector_state),
             applied: Arc::new(AtomicU64::new(runtime.version())),
             runtime,
-            outbox,
+            store,
             config,
             batch_index,
             pending: Arc::new(Mutex::new(None)),
@@ -188,7 +173,7 @@ impl Agent {
                 device_id: self.config.device_id.clone(),
                 fingerprint: self.runtime.source().fingerprint().to_hex(),
                 manifest: cema_proto::manifest_summary(self.runtime.manifest()),
-                outbox: Arc::clone(&self.outbox),
+                outbox: Arc::clone(self.store.outbox()),
                 outbox_changed: Arc::clone(&self.outbox_changed),
                 preparer: self.runtime.preparer(),
                 pending: Arc::clone(&self.pending),
@@ -208,7 +193,7 @@ impl Agent {
 
     /// The outbox.
     pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+        self.store.outbox()
     }
 
     /// The runtime (model, manifest, serving version).
@@ -233,7 +218,7 @@ impl Agent {
         if session.version() <= self.runtime.version() && self.runtime.version() != 0 {
             return Ok(false);
         }
-        self.outbox.meta().insert(APPLIED_KEY, wire.encode_to_vec()).map_err(|e| AgentError::State(e.to_string()))?;
+        self.store.save_applied(&wire)?;
         self.runtime.swap(session);
         self.serving_source = false;
         let now = Instant::now();
@@ -253,7 +238,7 @@ impl Agent {
     /// Returns to the model's own parameters and forgets the adapted ones.
     pub fn reset(&mut self) -> Result<(), AgentError> {
         let source = self.runtime.prepare_source()?;
-        self.outbox.meta().remove(APPLIED_KEY).map_err(|e| AgentError::State(e.to_string()))?;
+        self.store.forget_applied()?;
         self.runtime.swap(source);
         self.serving_source = true;
         if let Some(local) = &mut self.local {
@@ -274,6 +259,57 @@ impl Agent {
             return Err(AgentError::Refused(reason));
         }
         self.apply_pending()?;
+        let input = self.model_input(samples)?;
+        let first_batch = self.first_batch_init(&input, samples.len())?;
+        let started = Instant::now();
+        let prediction = self.runtime.predict(&input, samples.len())?;
+        self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let select_started = Instant::now();
+        let mut selection = self.selector.select(&prediction.entropy, &prediction.probs);
+        if self.local.is_some() {
+            // Edge-local adaptation uploads nothing.
+            selection.keep.iter_mut().for_each(|k| *k = false);
+        }
+        self.metrics.select_us.fetch_add(select_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let selected_indices: Vec<usize> = (0..samples.len()).filter(|&i| selection.keep[i]).collect();
+        let selected = self.encode_selected(samples, &selected_indices, &prediction)?;
+        let batch = self.batch_index + 1;
+        let mut end = v1::BatchEnd { batch, predicted: samples.len() as u32, ..v1::BatchEnd::default() };
+        if let Some(params) = &first_batch {
+            // The parameters served from now on and the statistics the cloud adopts are stored
+            // with the batch, atomically: a crash before this point re-initialises.
+            let statistics = params.statistics(self.runtime.discovery());
+            // Exact: the cloud must adapt precisely what the edge serves.
+            end.initial_statistics = Some(cema_proto::statistics_to_wire(&statistics, samples.len() as u32, false));
+            if let Some(local) = &mut self.local {
+                local.restart(params.clone());
+            }
+        }
+        let mut local_params = None;
+        if let Some(statistics) = &prediction.statistics {
+            if self.config.uplink_statistics {
+                end.batch_statistics = Some(cema_proto::statistics_to_wire(statistics, samples.len() as u32, true));
+            }
+            local_params = self.local_step(statistics)?;
+        }
+        let applied = local_params.as_ref().or(first_batch.as_ref());
+        let records = BatchRecords { batch, selector: self.selector.state(), applied };
+        let appended = self.store.append_batch(selected, end, &records)?;
+        self.batch_index = batch;
+        self.outbox_changed.notify_one();
+        let mut stored = vec![false; samples.len()];
+        for (i, seq) in selected_indices.iter().zip(&appended.sample_seqs) {
+            stored[*i] = seq.is_some();
+        }
+        self.metrics.predictions.fetch_add(samples.len() as u64, Ordering::Relaxed);
+        self.metrics.selected.fetch_add(stored.iter().filter(|s| **s).count() as u64, Ordering::Relaxed);
+        self.metrics.drops.fetch_add(appended.dropped, Ordering::Relaxed);
+        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(served_records(&prediction, &stored))
+    }
+
+    /// The model input of a batch: each sample checked for size and preprocessed.
+    fn model_input(&self, samples: &[SampleValues]) -> Result<Vec<f32>, AgentError> {
         let manifest = self.runtime.manifest();
         let per_sample = manifest.sample_elements();
         let mut input = Vec::with_capacity(samples.len() * per_sample);
@@ -289,82 +325,37 @@ impl Agent {
                 SampleValues::F32(values) => input.extend_from_slice(values),
             }
         }
-        let first_batch = self.first_batch_init(&input, samples.len())?;
-        let started = Instant::now();
-        let prediction = self.runtime.predict(&input, samples.len())?;
-        self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let select_started = Instant::now();
-        let mut selection = self.selector.select(&prediction.entropy, &prediction.probs);
-        if self.local.is_some() {
-            // Edge-local adaptation uploads nothing.
-            selection.keep.iter_mut().for_each(|k| *k = false);
-        }
-        self.metrics.select_us.fetch_add(select_started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        Ok(input)
+    }
 
+    /// The selected samples as they are uploaded: encoded raw inputs with their predictions.
+    fn encode_selected(
+        &self,
+        samples: &[SampleValues],
+        selected: &[usize],
+        prediction: &Prediction,
+    ) -> Result<Vec<v1::Sample>, AgentError> {
         let shape: Vec<u64> = self.runtime.manifest().input.shape.iter().map(|&d| d as u64).collect();
         let compression = if self.config.compress { Compression::Zstd } else { Compression::None };
-        let mut selected = Vec::new();
-        for (i, keep) in selection.keep.iter().enumerate() {
-            if !keep {
-                continue;
-            }
-            let encoded = match &samples[i] {
-                SampleValues::U8(pixels) => codec::encode_u8(&shape, pixels, compression),
-                SampleValues::F32(values) => codec::encode_f32(&shape, values, self.config.float_encoding, compression),
-            }
-            .map_err(|e| AgentError::Input(e.to_string()))?;
-            selected.push(v1::Sample {
-                seq: 0,
-                input: Some(cema_proto::sample_to_wire(&encoded)),
-                entropy: prediction.entropy[i],
-                params_version: prediction.params_version,
-                predicted_class: prediction.class[i] as u32,
-            });
-        }
-        let selected_indices: Vec<usize> = (0..samples.len()).filter(|&i| selection.keep[i]).collect();
-        let batch = self.batch_index + 1;
-        let state = serde_json::to_vec(self.selector.state()).map_err(|e| AgentError::State(e.to_string()))?;
-        let mut extra = vec![(SELECTOR_KEY, state), (BATCH_KEY, batch.to_be_bytes().to_vec())];
-        let mut end = v1::BatchEnd { batch, predicted: samples.len() as u32, ..v1::BatchEnd::default() };
-        if let Some(params) = &first_batch {
-            // The parameters served from now on and the statistics the cloud adopts are stored
-            // with the batch, atomically: a crash before this point re-initialises.
-            extra.push((APPLIED_KEY, cema_proto::norm_params_to_wire(params, "").encode_to_vec()));
-            let statistics = params.statistics(self.runtime.discovery());
-            // Exact: the cloud must adapt precisely what the edge serves.
-            end.initial_statistics = Some(cema_proto::statistics_to_wire(&statistics, samples.len() as u32, false));
-            if let Some(local) = &mut self.local {
-                local.restart(params.clone());
-            }
-        }
-        if let Some(statistics) = &prediction.statistics {
-            if self.config.uplink_statistics {
-                end.batch_statistics = Some(cema_proto::statistics_to_wire(statistics, samples.len() as u32, true));
-            }
-            if let Some(params) = self.local_step(statistics)? {
-                extra.push((APPLIED_KEY, params));
-            }
-        }
-        let appended = self.outbox.append_batch(selected, end, &extra)?;
-        self.batch_index = batch;
-        self.outbox_changed.notify_one();
-        let mut stored = vec![false; samples.len()];
-        for (i, seq) in selected_indices.iter().zip(&appended.sample_seqs) {
-            stored[*i] = seq.is_some();
-        }
-        self.metrics.predictions.fetch_add(samples.len() as u64, Ordering::Relaxed);
-        self.metrics.selected.fetch_add(stored.iter().filter(|s| **s).count() as u64, Ordering::Relaxed);
-        self.metrics.drops.fetch_add(appended.dropped, Ordering::Relaxed);
-        self.metrics.batches.fetch_add(1, Ordering::Relaxed);
-        Ok((0..samples.len())
-            .map(|i| PredictionRecord {
-                class: prediction.class[i],
-                probability: prediction.probs_of(i)[prediction.class[i]],
-                entropy: prediction.entropy[i],
-                params_version: prediction.params_version,
-                uploaded: stored[i],
+        selected
+            .iter()
+            .map(|&i| {
+                let encoded = match &samples[i] {
+                    SampleValues::U8(pixels) => codec::encode_u8(&shape, pixels, compression),
+                    SampleValues::F32(values) => {
+                        codec::encode_f32(&shape, values, self.config.float_encoding, compression)
+                    }
+                }
+                .map_err(|e| AgentError::Input(e.to_string()))?;
+                Ok(v1::Sample {
+                    seq: 0,
+                    input: Some(cema_proto::sample_to_wire(&encoded)),
+                    entropy: prediction.entropy[i],
+                    params_version: prediction.params_version,
+                    predicted_class: prediction.class[i] as u32,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Under `stats_init = first_batch`, while the model's own parameters serve: measures this
@@ -390,15 +381,15 @@ impl Agent {
 
     /// Edge-local adaptation after a batch: follows its statistics and, when due, swaps in the
     /// result (for the next batch); returns the parameters to store with the batch then.
-    fn local_step(&mut self, statistics: &NormParams) -> Result<Option<Vec<u8>>, AgentError> {
+    fn local_step(&mut self, statistics: &NormParams) -> Result<Option<NormParams>, AgentError> {
         let Some(local) = &mut self.local else { return Ok(None) };
         let Some(params) = local.observe(statistics, self.runtime.discovery()) else { return Ok(None) };
-        let wire = cema_proto::norm_params_to_wire(params, "").encode_to_vec();
-        let prepared = self.runtime.prepare(params)?;
+        let params = params.clone();
+        let prepared = self.runtime.prepare(&params)?;
         self.runtime.swap(prepared);
         self.serving_source = false;
         self.metrics.local_applies.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(wire))
+        Ok(Some(params))
     }
 
     /// In lockstep pacing: waits until the cloud has processed every pushed batch and the
@@ -428,7 +419,7 @@ impl Agent {
 
     /// Waits until the outbox is empty (everything acknowledged), at most `timeout`.
     pub fn drain(&self, handle: &tokio::runtime::Handle, timeout: Duration) -> bool {
-        let outbox = Arc::clone(&self.outbox);
+        let outbox = Arc::clone(self.store.outbox());
         handle.block_on(async move {
             let deadline = Instant::now() + timeout;
             while outbox.usage().0 > 0 {
@@ -442,6 +433,15 @@ impl Agent {
     }
 }
 
-fn be_u64(bytes: &[u8]) -> u64 {
-    bytes.try_into().map(u64::from_be_bytes).unwrap_or(0)
+/// The served predictions of a batch, with whether each was stored for upload.
+fn served_records(prediction: &Prediction, uploaded: &[bool]) -> Vec<PredictionRecord> {
+    (0..prediction.batch)
+        .map(|i| PredictionRecord {
+            class: prediction.class[i],
+            probability: prediction.probs_of(i)[prediction.class[i]],
+            entropy: prediction.entropy[i],
+            params_version: prediction.params_version,
+            uploaded: uploaded[i],
+        })
+        .collect()
 }

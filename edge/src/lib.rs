@@ -5,9 +5,11 @@
 //!   batched predictions with entropies; sessions with new parameters prepared off the
 //!   inference path and swapped between batches.
 //! - [`selector`]: which predictions are uploaded (cema-spec's bounds and redundancy filter).
-//! - [`outbox`]: the durable, bounded queue of selected samples and batch-end markers.
+//! - [`outbox`]: the durable, bounded queue of selected samples and batch-end markers;
+//!   [`store`]: the outbox with the agent's records (selector state, served parameters).
 //! - [`link`]: the uploader and the parameter watcher (gRPC, reconnecting).
 //! - [`local`]: edge-local adaptation, following the edge's own input statistics.
+//! - [`config`]: `cema-edge run`'s layered settings; [`source`]: what it streams.
 //! - [`agent`]: what happens to one batch; [`serve`]: the loop over a source that
 //!   `cema-edge run` and embedding programs share; [`metrics`] for operations (served by
 //!   `cema_host::admin`).
@@ -19,6 +21,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod config;
 pub mod link;
 pub mod local;
 pub mod metrics;
@@ -26,8 +29,11 @@ pub mod outbox;
 pub mod runtime;
 pub mod selector;
 pub mod serve;
+pub mod source;
+pub mod store;
 
 pub use agent::{Agent, AgentConfig, AgentError, Pacing, PredictionRecord};
 pub use link::CloudLink;
 pub use runtime::{OrtLibrary, Prediction, PreparedSession, Preparer, Runtime, RuntimeError};
 pub use selector::{Preset, Selector, SelectorConfig};
+pub use store::EdgeStore;

@@ -4,6 +4,7 @@
 //! full jitter, and stop for good on UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND or
 //! FAILED_PRECONDITION, which no retry can fix.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -312,7 +313,7 @@ async fn upload_session(
     let mut sent_through = 0u64;
     let mut in_flight = 0usize;
     // Batch-end seqs sent on this stream, to time their acknowledgement.
-    let mut marker_batches: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut marker_batches: HashMap<u64, u64> = HashMap::new();
     let mut next_send = Instant::now();
     loop {
         // Send what the outbox holds beyond what this stream already carries.
@@ -338,18 +339,7 @@ async fn upload_session(
             ack = acks.message() => match ack {
                 Ok(Some(ack)) => {
                     in_flight = in_flight.saturating_sub(1);
-                    shared.outbox.remove(&ack.seqs).map_err(|e| Failure::Retry(e.to_string()))?;
-                    let now = Instant::now();
-                    let mut acked = shared.acked_batches.lock().unwrap_or_else(|e| e.into_inner());
-                    for batch in ack.seqs.iter().filter_map(|seq| marker_batches.remove(seq)) {
-                        acked.entry(batch).or_insert(now);
-                    }
-                    // Bounded even if no update ever arrives to account for these batches.
-                    while acked.len() > crate::metrics::LATENCY_WINDOW {
-                        acked.pop_first();
-                    }
-                    drop(acked);
-                    shared.metrics.acked.fetch_add(ack.seqs.len() as u64, Ordering::Relaxed);
+                    record_ack(&shared, &ack.seqs, &mut marker_batches)?;
                 }
                 Ok(None) => return Err(Failure::Retry("the cloud ended the upload stream".to_owned())),
                 Err(status) => return Err(classify(status)),
@@ -359,18 +349,31 @@ async fn upload_session(
                 // Graceful: wait briefly for the acknowledgements of what is in flight.
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
                 while in_flight > 0 {
-                    match tokio::time::timeout_at(deadline, acks.message()).await {
-                        Ok(Ok(Some(ack))) => {
-                            in_flight -= 1;
-                            let _ = shared.outbox.remove(&ack.seqs);
-                        }
-                        _ => break,
-                    }
+                    let Ok(Ok(Some(ack))) = tokio::time::timeout_at(deadline, acks.message()).await else { break };
+                    in_flight -= 1;
+                    let _ = shared.outbox.remove(&ack.seqs);
                 }
                 return Ok(());
             }
         }
     }
+}
+
+/// An acknowledgement: the entries leave the outbox; acknowledged batch ends start their
+/// update-latency clock.
+fn record_ack(shared: &Shared, seqs: &[u64], marker_batches: &mut HashMap<u64, u64>) -> Result<(), Failure> {
+    shared.outbox.remove(seqs).map_err(|e| Failure::Retry(e.to_string()))?;
+    let now = Instant::now();
+    let mut acked = shared.acked_batches.lock().unwrap_or_else(|e| e.into_inner());
+    for batch in seqs.iter().filter_map(|seq| marker_batches.remove(seq)) {
+        acked.entry(batch).or_insert(now);
+    }
+    // Bounded even if no update ever arrives to account for these batches.
+    while acked.len() > crate::metrics::LATENCY_WINDOW {
+        acked.pop_first();
+    }
+    shared.metrics.acked.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 fn request_of(device_id: &str, entries: Vec<OutboxEntry>) -> UploadRequest {

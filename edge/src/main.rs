@@ -2,20 +2,19 @@
 //! predictions as JSON lines, uploads the informative ones and applies the cloud's updates.
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cema_core::SampleValues;
-use cema_edge::outbox::{FullPolicy, OutboxLimits};
-use cema_edge::serve::{ServeOptions, ServeSummary, Source, finish, serve};
-use cema_edge::{Agent, AgentConfig, CloudLink, OrtLibrary, Pacing, Preset, Runtime};
-use cema_proto::transport::{ClientTlsFiles, ClientTransport};
-use cema_shift::{Corruption, Protocol, Scenario, ScenarioConfig};
+use cema_edge::config::EdgeConfig;
+use cema_edge::outbox::OutboxLimits;
+use cema_edge::serve::{ServeOptions, ServeSummary, finish, serve};
+use cema_edge::{Agent, CloudLink, EdgeStore, OrtLibrary, Runtime};
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
+use serde::Serialize;
 
 mod manifest_init;
 
@@ -71,8 +70,9 @@ enum ManifestCommand {
     Init(manifest_init::InitArgs),
 }
 
-#[derive(Args, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// The flags of `run`, each also an environment variable and a key of the config file
+/// (`cema_edge::config::EdgeConfig` holds the defaults and the parsed values).
+#[derive(Args, Default, Serialize)]
 struct RunArgs {
     /// Config file (TOML) with any of these settings.
     #[arg(long, env = "CEMA_EDGE_CONFIG")]
@@ -217,7 +217,7 @@ struct RunArgs {
     output: Option<PathBuf>,
     /// Admin HTTP address for /metrics, /healthz, /readyz (off unless given).
     #[arg(long, env = "CEMA_EDGE_ADMIN_ADDR")]
-    admin_addr: Option<std::net::SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     /// Seconds to wait for the outbox to drain at the end. Default 30.
     #[arg(long, env = "CEMA_EDGE_DRAIN_TIMEOUT")]
     drain_timeout: Option<f64>,
@@ -241,273 +241,31 @@ fn main() {
     }
 }
 
-fn merge(mut args: RunArgs) -> Result<RunArgs> {
-    let Some(path) = args.config.clone() else { return Ok(args) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let file: RunArgs = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    macro_rules! fill { ($($f:ident),*) => { $( if args.$f.is_none() { args.$f = file.$f; } )* } }
-    fill!(
-        model,
-        device_id,
-        cloud,
-        ca_cert,
-        client_cert,
-        client_key,
-        tls_server_name,
-        plaintext,
-        token,
-        token_file,
-        data_dir,
-        ort_library,
-        threads,
-        source,
-        labels,
-        protocol,
-        corruptions,
-        severity,
-        samples_per_segment,
-        seed,
-        scenario_device,
-        limit,
-        batch,
-        preset,
-        e_max_frac,
-        e_min_frac,
-        warmup_samples,
-        lambda,
-        d_margin,
-        random_fraction,
-        budget,
-        pacing,
-        compress,
-        upload_encoding,
-        stats_init,
-        statistics_uplink,
-        adapt,
-        max_samples_per_s,
-        outbox_max_mib,
-        outbox_max_entries,
-        outbox_policy,
-        output,
-        admin_addr,
-        drain_timeout,
-        lockstep_timeout
-    );
-    Ok(args)
-}
-
-fn source(args: &RunArgs, manifest: &cema_core::Manifest) -> Result<Source> {
-    let spec = args.source.clone().unwrap_or_else(|| "scenario".to_owned());
-    let to_values = |image: &cema_shift::Image| SampleValues::U8(image.to_chw());
-    if spec == "scenario" {
-        let dir = cema_shift::dataset::fashion_mnist_dir()?;
-        let data = Box::leak(Box::new(cema_shift::dataset::load_fashion_mnist(&dir, cema_shift::Split::Test)?));
-        let protocol = match args.protocol.as_deref().unwrap_or("continual") {
-            "independent" => Protocol::Independent,
-            "continual" => Protocol::Continual,
-            "gradual" => Protocol::Gradual,
-            "mixed" => Protocol::Mixed,
-            other => bail!("unknown protocol `{other}` (independent, continual, gradual, mixed)"),
-        };
-        let corruptions: Vec<Corruption> = match &args.corruptions {
-            Some(list) => {
-                list.split(',').map(|s| s.trim().parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?
-            }
-            None => Corruption::BENCHMARK.to_vec(),
-        };
-        let severity = args.severity.unwrap_or(5);
-        if !(1..=5).contains(&severity) {
-            bail!("severity {severity} is not in 1–5");
-        }
-        let scenario = Scenario::new(
-            data,
-            ScenarioConfig {
-                protocol,
-                corruptions,
-                severities: vec![severity],
-                samples_per_segment: args.samples_per_segment.unwrap_or(1000),
-                seed: args.seed.unwrap_or(0),
-                device: args.scenario_device.unwrap_or(0),
-            },
-        );
-        let len = scenario.len() as u64;
-        return Ok(Source {
-            samples: Box::new(move |start, end| {
-                scenario
-                    .batch(start, end)
-                    .into_iter()
-                    .map(|s| {
-                        (format!("{}:{}:{}", s.position, s.corruption, s.severity), to_values(&s.image), Some(s.label))
-                    })
-                    .collect()
-            }),
-            len,
-        });
-    }
-    let (images, labels, names): (Vec<cema_shift::Image>, Option<Vec<u32>>, Vec<String>) =
-        if let Some(path) = spec.strip_prefix("idx:") {
-            let images = cema_shift::dataset::read_idx_images(Path::new(path))?;
-            let labels = args.labels.as_deref().map(cema_shift::dataset::read_idx_labels).transpose()?;
-            let names = (0..images.len()).map(|i| i.to_string()).collect();
-            (images, labels, names)
-        } else if let Some(path) = spec.strip_prefix("folder:") {
-            let (h, _) = manifest.spatial();
-            let options = cema_shift::dataset::FolderOptions {
-                resize_shorter: manifest.preprocess.resize_shorter.unwrap_or(h as u32),
-                center_crop: manifest.preprocess.center_crop.unwrap_or(h as u32),
-                grey: manifest.channels() == 1,
-            };
-            let data = cema_shift::dataset::load_folder(Path::new(path), options)?;
-            let names = (0..data.len()).map(|i| i.to_string()).collect();
-            (data.images, Some(data.labels), names)
-        } else {
-            bail!("unknown source `{spec}`: use scenario, idx:<file> or folder:<dir>");
-        };
-    if let Some(labels) = &labels
-        && labels.len() != images.len()
-    {
-        bail!("{} labels for {} images", labels.len(), images.len());
-    }
-    let len = images.len() as u64;
-    Ok(Source {
-        samples: Box::new(move |start, end| {
-            (start as usize..(end as usize).min(images.len()))
-                .map(|i| (names[i].clone(), to_values(&images[i]), labels.as_ref().map(|l| l[i])))
-                .collect()
-        }),
-        len,
-    })
-}
-
-fn selector_config(args: &RunArgs) -> Result<cema_edge::SelectorConfig> {
-    let preset = match args.preset.as_deref().unwrap_or("reference") {
-        "reference" => Preset::Reference,
-        "paper" => Preset::Paper,
-        "eata-select" => Preset::EataSelect,
-        "upload-all" => Preset::UploadAll,
-        other => bail!("unknown preset `{other}` (reference, paper, eata-select, upload-all)"),
-    };
-    let mut config = preset.config();
-    if let Some(v) = args.e_max_frac {
-        config.e_max_frac = Some(v);
-    }
-    if let Some(v) = args.e_min_frac {
-        config.e_min_frac = Some(v);
-    }
-    if let Some(v) = args.warmup_samples {
-        config.warmup_samples = Some(v);
-    }
-    if let Some(v) = args.lambda {
-        config.lambda = v;
-    }
-    if let Some(fraction) = args.random_fraction {
-        if !(0.0..=1.0).contains(&fraction) {
-            bail!("random_fraction {fraction}: use a share between 0 and 1");
-        }
-        config.random_fraction = Some(fraction);
-    }
-    if let Some(budget) = args.budget {
-        if !(0.0..=1.0).contains(&budget) {
-            bail!("budget {budget}: use a share between 0 and 1");
-        }
-        config.budget = Some(budget);
-    }
-    if let Some(margin) = &args.d_margin {
-        use cema_edge::selector::Redundancy;
-        let number = |s: &str| s.parse::<f64>().with_context(|| format!("d_margin `{margin}`"));
-        config.redundancy = match margin.split_once(':') {
-            _ if margin == "off" => Redundancy::Off,
-            Some(("scaled", m)) => Redundancy::Scaled(number(m)?),
-            Some(("raw", m)) => Redundancy::Raw(number(m)?),
-            _ => bail!("d_margin `{margin}`: use scaled:<m>, raw:<m> or off"),
-        };
-    }
-    Ok(config)
+/// The environment and flags as a config layer: the keys given, by the config's names.
+fn overrides(args: &RunArgs) -> Result<toml::Table> {
+    toml::Table::try_from(args).context("reading the flags and environment")
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let args = merge(args)?;
-    // Checked before anything is opened, so a bad TLS setting changes no state.
-    let transport = ClientTransport::from_options(
-        args.plaintext.unwrap_or(false),
-        &ClientTlsFiles {
-            ca_cert: args.ca_cert.clone(),
-            client_cert: args.client_cert.clone(),
-            client_key: args.client_key.clone(),
-            server_name: args.tls_server_name.clone(),
-        },
-    )?;
-    if let Some(endpoint) = &args.cloud {
-        transport.endpoint(endpoint)?;
-    }
-    let model = args.model.clone().unwrap_or_else(|| PathBuf::from("models/student.onnx"));
-    let library = OrtLibrary::get(args.ort_library.as_deref())?;
-    let runtime = Runtime::load(library, &model, args.threads.unwrap_or(1))
-        .with_context(|| format!("loading {}", model.display()))?;
-    let mut source = source(&args, runtime.manifest())?;
-    let device_id = match &args.device_id {
+    let config = EdgeConfig::layered(args.config.as_deref(), overrides(&args)?)?;
+    let transport = config.transport()?;
+    let library = OrtLibrary::get(config.ort_library.as_deref())?;
+    let runtime = Runtime::load(library, &config.model, config.threads)
+        .with_context(|| format!("loading {}", config.model.display()))?;
+    let mut source = cema_edge::source::open(&config, runtime.manifest())?;
+    let device_id = match &config.device_id {
         Some(id) => id.clone(),
         None => std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or("edge".into()),
     };
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("cema-edge-data"));
-    let db = sled::open(&data_dir)
-        .with_context(|| format!("opening the agent state {} (is another agent using it?)", data_dir.display()))?;
-    let pacing_spec = args.pacing.clone().unwrap_or_else(|| "free".to_owned());
-    let lockstep_timeout = Duration::from_secs_f64(args.lockstep_timeout.unwrap_or(300.0));
-    let (pacing, fps) = match pacing_spec.as_str() {
-        "free" => (Pacing::Free, None),
-        "lockstep" => (Pacing::Lockstep(lockstep_timeout), None),
-        spec => match spec.strip_prefix("realtime:").and_then(|f| f.parse::<f64>().ok()) {
-            Some(fps) if fps > 0.0 => (Pacing::Free, Some(fps)),
-            _ => bail!("pacing `{spec}`: use free, lockstep or realtime:<images per second>"),
-        },
-    };
-    let policy = match args.outbox_policy.as_deref().unwrap_or("drop_oldest") {
-        "drop_oldest" => FullPolicy::DropOldest,
-        "drop_newest" => FullPolicy::DropNewest,
-        "block" => FullPolicy::Block,
-        other => bail!("outbox policy `{other}`: use drop_oldest, drop_newest or block"),
-    };
-    let config = AgentConfig {
-        device_id: device_id.clone(),
-        selector: selector_config(&args)?,
-        compress: args.compress.unwrap_or(false),
-        float_encoding: match args.upload_encoding.as_deref().unwrap_or("f16") {
-            "f16" => cema_core::Encoding::F16,
-            "f32" => cema_core::Encoding::F32,
-            other => bail!("upload_encoding `{other}`: use f16 or f32 (u8 models always upload u8)"),
-        },
-        stats_init: args.stats_init.as_deref().unwrap_or("source").parse().map_err(anyhow::Error::msg)?,
-        uplink_statistics: args.statistics_uplink.unwrap_or(false),
-        local_every: match args.adapt.as_deref().unwrap_or("cloud") {
-            "cloud" => None,
-            "local" => Some(1),
-            spec => match spec.strip_prefix("local:").and_then(|n| n.parse::<u64>().ok()) {
-                Some(every) if every > 0 => Some(every),
-                _ => bail!("adapt `{spec}`: use cloud, local or local:<batches>"),
-            },
-        },
-        outbox: OutboxLimits {
-            max_bytes: args.outbox_max_mib.unwrap_or(256) << 20,
-            max_entries: args.outbox_max_entries.unwrap_or(1_000_000),
-            policy,
-        },
-        pacing,
-    };
-    let mut agent = Agent::open(runtime, &db, config)?;
+    let db = sled::open(&config.data_dir).with_context(|| {
+        format!("opening the agent state {} (is another agent using it?)", config.data_dir.display())
+    })?;
+    let mut agent = Agent::open(runtime, &db, config.agent(&device_id))?;
     let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let link = match &args.cloud {
+    let link = match &config.cloud {
         Some(endpoint) => {
-            let token = match (&args.token, &args.token_file) {
-                (Some(token), _) => token.clone(),
-                (None, Some(file)) => std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the token file {}", file.display()))?
-                    .trim()
-                    .to_owned(),
-                (None, None) => bail!("--cloud needs a device token (--token-file, CEMA_EDGE_TOKEN or --token)"),
-            };
-            let mut link = CloudLink::new(endpoint.clone(), token).with_transport(transport);
-            link.max_samples_per_s = args.max_samples_per_s;
+            let mut link = CloudLink::new(endpoint.clone(), token(&config)?).with_transport(transport);
+            link.max_samples_per_s = config.max_samples_per_s;
             Some(agent.connect(tokio.handle(), link))
         }
         None => {
@@ -524,42 +282,69 @@ fn run(args: RunArgs) -> Result<()> {
             stop.store(true, Ordering::Release);
         });
     }
-    if let Some(addr) = args.admin_addr {
-        let metrics = agent.metrics();
-        let outbox = Arc::clone(agent.outbox());
-        let render: cema_host::admin::Render = Arc::new(move || {
-            let (entries, bytes) = outbox.usage();
-            metrics.render(entries, bytes)
-        });
-        let router = cema_host::admin::router(render, Arc::clone(&ready));
-        let listener =
-            tokio.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
-        tokio.spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+    if let Some(addr) = config.admin_addr {
+        serve_admin(&agent, addr, &tokio, &ready)?;
     }
     ready.store(true, Ordering::Release);
-
-    let mut out: Box<dyn Write> = match &args.output {
+    let mut out: Box<dyn Write> = match &config.output {
         Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
         _ => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
-    let options = ServeOptions { batch: args.batch.unwrap_or(64) as u64, limit: args.limit, fps };
+    let options = ServeOptions { batch: config.batch as u64, limit: config.limit, fps: config.fps() };
     let summary = serve(&mut agent, &mut source, link.is_some(), tokio.handle(), &mut out, &stop, &options)?;
     ready.store(false, Ordering::Release);
     if let Some(link) = link {
-        finish(&agent, link, tokio.handle(), Duration::from_secs_f64(args.drain_timeout.unwrap_or(30.0)));
+        finish(&agent, link, tokio.handle(), Duration::from_secs_f64(config.drain_timeout));
     }
     db.flush()?;
-    let ServeSummary { served, uploaded, labelled, correct, seconds, .. } = summary;
+    eprintln!("{}", summary_line(&device_id, &agent, &summary));
+    Ok(())
+}
+
+/// The device token: `token`, else the contents of `token_file`.
+fn token(config: &EdgeConfig) -> Result<String> {
+    match (&config.token, &config.token_file) {
+        (Some(token), _) => Ok(token.clone()),
+        (None, Some(file)) => Ok(std::fs::read_to_string(file)
+            .with_context(|| format!("reading the token file {}", file.display()))?
+            .trim()
+            .to_owned()),
+        (None, None) => bail!("--cloud needs a device token (--token-file, CEMA_EDGE_TOKEN or --token)"),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr`.
+fn serve_admin(
+    agent: &Agent,
+    addr: SocketAddr,
+    tokio: &tokio::runtime::Runtime,
+    ready: &Arc<AtomicBool>,
+) -> Result<()> {
+    let metrics = agent.metrics();
+    let outbox = Arc::clone(agent.outbox());
+    let render: cema_host::admin::Render = Arc::new(move || {
+        let (entries, bytes) = outbox.usage();
+        metrics.render(entries, bytes)
+    });
+    let router = cema_host::admin::router(render, Arc::clone(ready));
+    let listener = tokio.block_on(tokio::net::TcpListener::bind(addr)).with_context(|| format!("binding {addr}"))?;
+    tokio.spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(())
+}
+
+/// The closing line of a run (what cema-sim and the tests read).
+fn summary_line(device_id: &str, agent: &Agent, summary: &ServeSummary) -> String {
+    let ServeSummary { served, uploaded, labelled, correct, seconds, .. } = *summary;
     let accuracy = if labelled > 0 { format!("{:.4}", correct as f64 / labelled as f64) } else { "n/a".into() };
     let metrics = agent.metrics();
     let latency_ms = |q: f64| {
         metrics.update_latency_quantile(q).map_or_else(|| "n/a".to_owned(), |d| format!("{:.0}", d.as_secs_f64() * 1e3))
     };
-    eprintln!(
+    format!(
         "cema-edge: device={device_id} served={served} uploaded={uploaded} uploaded_fraction={:.4} accuracy={accuracy} params_version={} updates_applied={} upload_bytes={} batches={} outbox_left={} update_latency_p50_ms={} update_latency_p99_ms={} seconds={:.1}",
         uploaded as f64 / served.max(1) as f64,
         agent.version(),
@@ -570,13 +355,12 @@ fn run(args: RunArgs) -> Result<()> {
         latency_ms(0.5),
         latency_ms(0.99),
         seconds
-    );
-    Ok(())
+    )
 }
 
 fn reset(data_dir: &Path) -> Result<()> {
     let db = sled::open(data_dir).with_context(|| format!("opening {}", data_dir.display()))?;
-    db.open_tree("agent")?.remove(b"applied_params")?;
+    EdgeStore::open(&db, OutboxLimits::default())?.forget_applied()?;
     db.flush()?;
     println!("adapted parameters forgotten; the next run serves the model's own");
     Ok(())

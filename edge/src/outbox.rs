@@ -98,6 +98,14 @@ pub struct Appended {
 
 const NEXT_SEQ: &[u8] = b"next_seq";
 
+/// What a batch's append keeps of its samples and evicts of the held ones.
+struct Room {
+    /// Per new sample, whether it is stored.
+    keep_new: Vec<bool>,
+    /// Held samples evicted (key, stored size).
+    evict: Vec<(Vec<u8>, u64)>,
+}
+
 /// The outbox, in trees `outbox` and `agent` of the agent's sled database.
 #[derive(Debug)]
 pub struct Outbox {
@@ -127,11 +135,6 @@ impl Outbox {
         Ok(Self { db: db.clone(), entries, meta, limits, usage: Mutex::new(usage), drops: AtomicU64::new(0) })
     }
 
-    /// The agent's key-value tree (selector state, applied parameters), for the agent.
-    pub fn meta(&self) -> &sled::Tree {
-        &self.meta
-    }
-
     /// (entries, bytes) held.
     pub fn usage(&self) -> (u64, u64) {
         *self.usage.lock().unwrap_or_else(|e| e.into_inner())
@@ -157,56 +160,8 @@ impl Outbox {
         extra: &[(&[u8], Vec<u8>)],
     ) -> Result<Appended, OutboxError> {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let (held_entries, held_bytes) = *usage;
         let sizes: Vec<u64> = samples.iter().map(|s| s.encoded_len() as u64 + 16).collect();
-        let incoming_bytes: u64 = sizes.iter().sum();
-        // `entries` excludes the batch-end marker every batch adds.
-        let fits = |entries: u64, bytes: u64| entries < self.limits.max_entries && bytes <= self.limits.max_bytes;
-        // Which new samples to keep, and how many old ones to evict.
-        let mut keep_new = vec![true; samples.len()];
-        let mut evict: Vec<(Vec<u8>, u64)> = Vec::new();
-        if !fits(held_entries + samples.len() as u64, held_bytes + incoming_bytes) {
-            match self.limits.policy {
-                FullPolicy::Block => return Err(OutboxError::Full { entries: held_entries, bytes: held_bytes }),
-                FullPolicy::DropNewest => {
-                    let (mut entries, mut bytes) = (held_entries, held_bytes);
-                    for (i, size) in sizes.iter().enumerate() {
-                        if fits(entries + 1, bytes + size) {
-                            entries += 1;
-                            bytes += size;
-                        } else {
-                            keep_new[i] = false;
-                        }
-                    }
-                }
-                FullPolicy::DropOldest => {
-                    let (mut entries, mut bytes) = (held_entries + samples.len() as u64, held_bytes + incoming_bytes);
-                    for item in self.entries.iter() {
-                        if fits(entries, bytes) {
-                            break;
-                        }
-                        let (k, v) = item?;
-                        let entry = OutboxEntry::decode(v.as_ref()).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
-                        if entry.sample.is_some() {
-                            entries -= 1;
-                            bytes -= v.len() as u64;
-                            evict.push((k.to_vec(), v.len() as u64));
-                        }
-                    }
-                    // Still too big: the batch alone exceeds the bounds; keep what fits.
-                    if !fits(entries, bytes) {
-                        for (i, size) in sizes.iter().enumerate().rev() {
-                            if fits(entries, bytes) {
-                                break;
-                            }
-                            keep_new[i] = false;
-                            entries -= 1;
-                            bytes -= size;
-                        }
-                    }
-                }
-            }
-        }
+        let Room { keep_new, evict } = self.make_room(*usage, &sizes)?;
         let dropped = evict.len() as u64 + keep_new.iter().filter(|k| !**k).count() as u64;
         let outcome = (&self.entries, &self.meta).transaction(|(entries, meta)| {
             let mut next = meta.get(NEXT_SEQ)?.map(|v| seq_of(&v)).unwrap_or(1);
@@ -252,6 +207,59 @@ impl Outbox {
         usage.1 = usage.1 + added_bytes - evict.iter().map(|(_, n)| n).sum::<u64>();
         self.drops.fetch_add(dropped, Ordering::Relaxed);
         Ok(appended)
+    }
+
+    /// Which of the new samples (`sizes`, encoded) to keep and which held samples to evict,
+    /// so that the outbox stays within its bounds under its full policy. `held` is
+    /// (entries, bytes) held now.
+    fn make_room(&self, held: (u64, u64), sizes: &[u64]) -> Result<Room, OutboxError> {
+        let (held_entries, held_bytes) = held;
+        let incoming_bytes: u64 = sizes.iter().sum();
+        // `entries` excludes the batch-end marker every batch adds.
+        let fits = |entries: u64, bytes: u64| entries < self.limits.max_entries && bytes <= self.limits.max_bytes;
+        let mut room = Room { keep_new: vec![true; sizes.len()], evict: Vec::new() };
+        if fits(held_entries + sizes.len() as u64, held_bytes + incoming_bytes) {
+            return Ok(room);
+        }
+        match self.limits.policy {
+            FullPolicy::Block => return Err(OutboxError::Full { entries: held_entries, bytes: held_bytes }),
+            FullPolicy::DropNewest => {
+                let (mut entries, mut bytes) = (held_entries, held_bytes);
+                for (i, size) in sizes.iter().enumerate() {
+                    if fits(entries + 1, bytes + size) {
+                        entries += 1;
+                        bytes += size;
+                    } else {
+                        room.keep_new[i] = false;
+                    }
+                }
+            }
+            FullPolicy::DropOldest => {
+                let (mut entries, mut bytes) = (held_entries + sizes.len() as u64, held_bytes + incoming_bytes);
+                for item in self.entries.iter() {
+                    if fits(entries, bytes) {
+                        break;
+                    }
+                    let (k, v) = item?;
+                    let entry = OutboxEntry::decode(v.as_ref()).map_err(|e| OutboxError::Corrupt(e.to_string()))?;
+                    if entry.sample.is_some() {
+                        entries -= 1;
+                        bytes -= v.len() as u64;
+                        room.evict.push((k.to_vec(), v.len() as u64));
+                    }
+                }
+                // Still too big: the batch alone exceeds the bounds; keep what fits.
+                for (i, size) in sizes.iter().enumerate().rev() {
+                    if fits(entries, bytes) {
+                        break;
+                    }
+                    room.keep_new[i] = false;
+                    entries -= 1;
+                    bytes -= size;
+                }
+            }
+        }
+        Ok(room)
     }
 
     /// Entries with seq > `after`, in seq order, up to about `max_bytes` (at least one).
