@@ -34,80 +34,18 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
     let corruptions: Vec<Corruption> =
         args.corruptions.split(',').map(|s| s.trim().parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
 
-    eprintln!("edge: cema-edge bench --batch {} --batches {}", c.batch, args.edge_batches);
-    let output = std::process::Command::new(&bins.edge)
-        .args(["bench", "--model"])
-        .arg(&student)
-        .args(["--batch", &c.batch.to_string(), "--batches", &args.edge_batches.to_string()])
-        .output()
-        .context("running cema-edge bench")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        bail!("cema-edge bench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
-    }
-    let edge = fleet::summary_line(&text, "agent_vs_raw=").context("cema-edge bench printed no agent_vs_raw line")?;
+    let edge = edge_bench(&bins, &student, c.batch, args.edge_batches)?;
     let edge_value = |k: &str| edge.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
 
     let test = test_set()?;
     let none = offline(&student, &test, c, Protocol::Continual, &corruptions, 0)?;
     let none_accuracy = report::by_corruption(&none).1.accuracy();
-    let data = dir.join("cloud");
-    std::fs::create_dir_all(&data)?;
     let methods = ["cema-reference", "upload-all"];
-    let mut specs = Vec::new();
-    for (m, method) in methods.iter().enumerate() {
-        let (flags, model) = method_setup(method, &c.selector)?;
-        let mut args = scenario_args(c, "continual", &corruptions, 0);
-        args.extend(flags);
-        specs.push(edge_spec(&bins, &data, &stream_device_id(method, m, "bench"), model, &student, "lockstep", args)?);
-    }
-    let cloud = CloudProcess::start(
-        &bins,
-        &data,
-        &cloud_config(&student, &foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW)),
-    )?;
-    eprintln!("cloud {}: {} and {} in turn, lockstep", cloud.grpc, methods[0], methods[1]);
-    // One edge at a time, so that step times and latencies are not shared between streams.
-    fleet::run_edges(&bins, &cloud, &specs, 1)?;
-    let cloud_metrics = cloud.metrics()?;
-    cloud.stop()?;
-    let step_count = fleet::metric(&cloud_metrics, "cema_cloud_step_seconds_count").unwrap_or(0.0);
-    let step_seconds = fleet::metric(&cloud_metrics, "cema_cloud_step_seconds_sum").unwrap_or(f64::NAN) / step_count;
-
-    let mut rows = Vec::new();
-    for spec in &specs {
-        let log = std::fs::read_to_string(spec.data_dir.with_extension("log")).unwrap_or_default();
-        let summary = fleet::summary_line(&log, "cema-edge: device=")
-            .with_context(|| format!("edge {} printed no summary", spec.device))?;
-        let get = |k: &str| summary.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-        let records = report::read(&spec.output)?;
-        let acc = report::by_corruption(&records).1.accuracy();
-        let bytes = get("upload_bytes");
-        rows.push(json!({
-            "device": spec.device, "accuracy": acc, "uploaded": get("uploaded"), "served": get("served"),
-            "upload_bytes": bytes, "bytes_per_uploaded_sample": bytes / get("uploaded"),
-            "update_latency_p50_ms": get("update_latency_p50_ms"), "update_latency_p99_ms": get("update_latency_p99_ms"),
-            "points_per_mb": 100.0 * (acc - none_accuracy) / (bytes / 1e6),
-        }));
-    }
+    let (specs, step_seconds, step_count) =
+        adapted_streams(&bins, &dir, c, (&student, &foundation), &corruptions, &methods)?;
+    let rows = specs.iter().map(|spec| method_row(spec, none_accuracy)).collect::<Result<Vec<_>>>()?;
     let field = |i: usize, k: &str| rows[i][k].as_f64().unwrap_or(f64::NAN);
-    let mut table = format!(
-        "| method | accuracy % | uploaded | upload MB | bytes/sample | update latency p50 / p99 ms | points gained per MB |\n|---|---|---|---|---|---|---|\n\
-         | none | {} | 0 | 0 | – | – | – |\n",
-        pct(none_accuracy)
-    );
-    for (i, method) in methods.iter().enumerate() {
-        table.push_str(&format!(
-            "| {method} | {} | {:.0} | {:.2} | {:.0} | {:.0} / {:.0} | {:.2} |\n",
-            pct(field(i, "accuracy")),
-            field(i, "uploaded"),
-            field(i, "upload_bytes") / 1e6,
-            field(i, "bytes_per_uploaded_sample"),
-            field(i, "update_latency_p50_ms"),
-            field(i, "update_latency_p99_ms"),
-            field(i, "points_per_mb"),
-        ));
-    }
+    let table = bench_table(&methods, &rows, none_accuracy);
     let summary = format!(
         "# CEMA benchmark\n\nEdge (`cema-edge bench`, batch {}): agent throughput / raw ONNX Runtime = {:.3}, selection \
          overhead = {:.5} of inference time, parameter swap {:.1} ms.\n\nContinual stream ({}; severity {}, {} samples each, \
@@ -152,4 +90,96 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
         field(0, "points_per_mb") / field(1, "points_per_mb"),
     );
     Ok(())
+}
+
+/// The per-method table: accuracy, uploads, bytes, update latency, points per MB.
+fn bench_table(methods: &[&str], rows: &[serde_json::Value], none_accuracy: f64) -> String {
+    let field = |i: usize, k: &str| rows[i][k].as_f64().unwrap_or(f64::NAN);
+    let mut table = format!(
+        "| method | accuracy % | uploaded | upload MB | bytes/sample | update latency p50 / p99 ms | points gained per MB |\n|---|---|---|---|---|---|---|\n\
+         | none | {} | 0 | 0 | – | – | – |\n",
+        pct(none_accuracy)
+    );
+    for (i, method) in methods.iter().enumerate() {
+        table.push_str(&format!(
+            "| {method} | {} | {:.0} | {:.2} | {:.0} | {:.0} / {:.0} | {:.2} |\n",
+            pct(field(i, "accuracy")),
+            field(i, "uploaded"),
+            field(i, "upload_bytes") / 1e6,
+            field(i, "bytes_per_uploaded_sample"),
+            field(i, "update_latency_p50_ms"),
+            field(i, "update_latency_p99_ms"),
+            field(i, "points_per_mb"),
+        ));
+    }
+    table
+}
+
+/// The methods' continual streams in lockstep, one edge at a time so that step times and
+/// latencies are not shared between streams; their specs and the cloud's mean step time and
+/// step count.
+fn adapted_streams(
+    bins: &Binaries,
+    dir: &std::path::Path,
+    c: &Common,
+    (student, foundation): (&std::path::Path, &std::path::Path),
+    corruptions: &[Corruption],
+    methods: &[&str],
+) -> Result<(Vec<fleet::EdgeSpec>, f64, f64)> {
+    let data = dir.join("cloud");
+    std::fs::create_dir_all(&data)?;
+    let mut specs = Vec::new();
+    for (m, method) in methods.iter().enumerate() {
+        let (flags, model) = method_setup(method, &c.selector)?;
+        let mut args = scenario_args(c, "continual", corruptions, 0);
+        args.extend(flags);
+        specs.push(edge_spec(bins, &data, &stream_device_id(method, m, "bench"), model, student, "lockstep", args)?);
+    }
+    let config = cloud_config(student, foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW));
+    let cloud = CloudProcess::start(bins, &data, &config)?;
+    eprintln!("cloud {}: {} in turn, lockstep", cloud.grpc, methods.join(" and "));
+    fleet::run_edges(bins, &cloud, &specs, 1)?;
+    let cloud_metrics = cloud.metrics()?;
+    cloud.stop()?;
+    let step_count = fleet::metric(&cloud_metrics, "cema_cloud_step_seconds_count").unwrap_or(0.0);
+    let step_seconds = fleet::metric(&cloud_metrics, "cema_cloud_step_seconds_sum").unwrap_or(f64::NAN) / step_count;
+    Ok((specs, step_seconds, step_count))
+}
+
+/// `cema-edge bench` on the student: its closing line's fields.
+fn edge_bench(
+    bins: &Binaries,
+    student: &std::path::Path,
+    batch: usize,
+    batches: usize,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    eprintln!("edge: cema-edge bench --batch {batch} --batches {batches}");
+    let output = std::process::Command::new(&bins.edge)
+        .args(["bench", "--model"])
+        .arg(student)
+        .args(["--batch", &batch.to_string(), "--batches", &batches.to_string()])
+        .output()
+        .context("running cema-edge bench")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("cema-edge bench failed: {}{}", text, String::from_utf8_lossy(&output.stderr));
+    }
+    fleet::summary_line(&text, "agent_vs_raw=").context("cema-edge bench printed no agent_vs_raw line")
+}
+
+/// One adapted stream's figures: accuracy, uploads, bytes, update latency, points per MB.
+fn method_row(spec: &fleet::EdgeSpec, none_accuracy: f64) -> Result<serde_json::Value> {
+    let log = std::fs::read_to_string(spec.data_dir.with_extension("log")).unwrap_or_default();
+    let summary = fleet::summary_line(&log, "cema-edge: device=")
+        .with_context(|| format!("edge {} printed no summary", spec.device))?;
+    let get = |k: &str| summary.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let records = report::read(&spec.output)?;
+    let acc = report::by_corruption(&records).1.accuracy();
+    let bytes = get("upload_bytes");
+    Ok(json!({
+        "device": spec.device, "accuracy": acc, "uploaded": get("uploaded"), "served": get("served"),
+        "upload_bytes": bytes, "bytes_per_uploaded_sample": bytes / get("uploaded"),
+        "update_latency_p50_ms": get("update_latency_p50_ms"), "update_latency_p99_ms": get("update_latency_p99_ms"),
+        "points_per_mb": 100.0 * (acc - none_accuracy) / (bytes / 1e6),
+    }))
 }

@@ -55,78 +55,13 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
         streams[i].push(("none".to_owned(), offline(&student, &data, c, Protocol::Continual, group, i as u64)?));
     }
     for (label, pacing) in &pacings {
-        let data = dir.join(format!("cloud-{}", pacing.replace([':', '.'], "-")));
-        std::fs::create_dir_all(&data)?;
-        let mut specs = Vec::new();
-        for (i, group) in groups.iter().enumerate() {
-            let mut args = scenario_args(c, "continual", group, i as u64);
-            args.extend(selector_flags(&c.selector)?);
-            specs.push(edge_spec(&bins, &data, &format!("edge-{}", i + 1), "cema", &student, pacing, args)?);
-        }
-        let cloud = CloudProcess::start(
-            &bins,
-            &data,
-            &cloud_config(&student, &foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW)),
-        )?;
-        eprintln!("CEMA, {label}: cloud on {}, {} edges streaming", cloud.grpc, specs.len());
-        fleet::run_edges(&bins, &cloud, &specs, specs.len())?;
-        let metrics = cloud.metrics().unwrap_or_default();
-        cloud.stop()?;
-        let steps = fleet::metric(&metrics, "cema_cloud_steps_total").unwrap_or(0.0);
-        let step_s = fleet::metric(&metrics, "cema_cloud_step_seconds_sum").unwrap_or(0.0) / steps.max(1.0);
-        for (i, spec) in specs.iter().enumerate() {
-            let records = report::read(&spec.output)?;
-            let summary = report::edge_summary(&spec.data_dir.with_extension("log"));
-            results.push(json!({
-                "edge": spec.device, "pacing": pacing,
-                "updates_applied": summary.get("updates_applied"),
-                "upload_bytes": summary.get("upload_bytes"),
-                "cloud_steps": steps, "cloud_step_seconds": step_s,
-            }));
+        let runs = run_pacing(&bins, &dir, c, (&student, &foundation), &groups, (label, pacing))?;
+        for (i, (result, records)) in runs.into_iter().enumerate() {
+            results.push(result);
             streams[i].push((format!("cema {label}"), records));
         }
     }
-
-    // Table: per corruption, none vs CEMA (each pacing), uploaded fraction.
-    let mut table = String::from("| edge | corruption | no adaptation |");
-    for (label, _) in &pacings {
-        table.push_str(&format!(" CEMA {label} | uploaded ({label}) |"));
-    }
-    table.push_str("\n|---|---|---|");
-    for _ in &pacings {
-        table.push_str("---|---|");
-    }
-    table.push('\n');
-    let mut per_corruption = Vec::new();
-    let mut means = vec![Tally::default(); pacings.len() + 1];
-    for (i, runs) in streams.iter().enumerate() {
-        let tallies: Vec<(Vec<(String, Tally)>, Tally)> = runs.iter().map(|(_, r)| report::by_corruption(r)).collect();
-        for (k, (corruption, none)) in tallies[0].0.iter().enumerate() {
-            table.push_str(&format!("| edge-{} | {corruption} | {} |", i + 1, pct(none.accuracy())));
-            let mut row =
-                json!({"edge": format!("edge-{}", i + 1), "corruption": corruption, "none_accuracy": none.accuracy()});
-            for (p, (label, _)) in pacings.iter().enumerate() {
-                let t = tallies[p + 1].0.get(k).map(|x| x.1).unwrap_or_default();
-                table.push_str(&format!(" {} | {} |", pct(t.accuracy()), pct(t.uploaded_fraction())));
-                row[format!("cema_{}_accuracy", label.split(' ').next().unwrap_or(label))] = json!(t.accuracy());
-                row[format!("cema_{}_uploaded_fraction", label.split(' ').next().unwrap_or(label))] =
-                    json!(t.uploaded_fraction());
-            }
-            table.push('\n');
-            per_corruption.push(row);
-        }
-        for (m, (_, total)) in tallies.iter().enumerate() {
-            means[m].n += total.n;
-            means[m].correct += total.correct;
-            means[m].uploaded += total.uploaded;
-        }
-    }
-    table.push_str(&format!("| all | all | {} |", pct(means[0].accuracy())));
-    for m in &means[1..] {
-        table.push_str(&format!(" {} | {} |", pct(m.accuracy()), pct(m.uploaded_fraction())));
-    }
-    table.push('\n');
-
+    let (table, per_corruption, means) = demo_table(&streams, &pacings);
     let plots = write_plots(&dir, &streams)?;
     let summary = format!(
         "# CEMA demo\n\n{} edges, continual Fashion-MNIST streams at severity {}, {} samples per corruption, batch {}, seed {}, selector overrides `{}`.\n\
@@ -166,6 +101,95 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One pacing's CEMA run: a cloud and one agent per corruption group, all at once. Per edge,
+/// its figures as JSON and its served predictions.
+fn run_pacing(
+    bins: &Binaries,
+    dir: &Path,
+    c: &Common,
+    (student, foundation): (&Path, &Path),
+    groups: &[Vec<Corruption>],
+    (label, pacing): (&str, &str),
+) -> Result<Vec<(serde_json::Value, Vec<Record>)>> {
+    let data = dir.join(format!("cloud-{}", pacing.replace([':', '.'], "-")));
+    std::fs::create_dir_all(&data)?;
+    let mut specs = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        let mut args = scenario_args(c, "continual", group, i as u64);
+        args.extend(selector_flags(&c.selector)?);
+        specs.push(edge_spec(bins, &data, &format!("edge-{}", i + 1), "cema", student, pacing, args)?);
+    }
+    let cloud =
+        CloudProcess::start(bins, &data, &cloud_config(student, foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW)))?;
+    eprintln!("CEMA, {label}: cloud on {}, {} edges streaming", cloud.grpc, specs.len());
+    fleet::run_edges(bins, &cloud, &specs, specs.len())?;
+    let metrics = cloud.metrics().unwrap_or_default();
+    cloud.stop()?;
+    let steps = fleet::metric(&metrics, "cema_cloud_steps_total").unwrap_or(0.0);
+    let step_s = fleet::metric(&metrics, "cema_cloud_step_seconds_sum").unwrap_or(0.0) / steps.max(1.0);
+    specs
+        .iter()
+        .map(|spec| {
+            let records = report::read(&spec.output)?;
+            let summary = report::edge_summary(&spec.data_dir.with_extension("log"));
+            let result = json!({
+                "edge": spec.device, "pacing": pacing,
+                "updates_applied": summary.get("updates_applied"),
+                "upload_bytes": summary.get("upload_bytes"),
+                "cloud_steps": steps, "cloud_step_seconds": step_s,
+            });
+            Ok((result, records))
+        })
+        .collect()
+}
+
+/// Per edge and corruption, none vs CEMA (each pacing) and the uploaded fraction: the table,
+/// its rows as JSON, and the tallies over everything (none first, then each pacing).
+fn demo_table(
+    streams: &[Vec<(String, Vec<Record>)>],
+    pacings: &[(String, String)],
+) -> (String, Vec<serde_json::Value>, Vec<Tally>) {
+    let mut table = String::from("| edge | corruption | no adaptation |");
+    for (label, _) in pacings {
+        table.push_str(&format!(" CEMA {label} | uploaded ({label}) |"));
+    }
+    table.push_str("\n|---|---|---|");
+    for _ in pacings {
+        table.push_str("---|---|");
+    }
+    table.push('\n');
+    let mut per_corruption = Vec::new();
+    let mut means = vec![Tally::default(); pacings.len() + 1];
+    for (i, runs) in streams.iter().enumerate() {
+        let tallies: Vec<(Vec<(String, Tally)>, Tally)> = runs.iter().map(|(_, r)| report::by_corruption(r)).collect();
+        for (k, (corruption, none)) in tallies[0].0.iter().enumerate() {
+            table.push_str(&format!("| edge-{} | {corruption} | {} |", i + 1, pct(none.accuracy())));
+            let mut row =
+                json!({"edge": format!("edge-{}", i + 1), "corruption": corruption, "none_accuracy": none.accuracy()});
+            for (p, (label, _)) in pacings.iter().enumerate() {
+                let t = tallies[p + 1].0.get(k).map(|x| x.1).unwrap_or_default();
+                table.push_str(&format!(" {} | {} |", pct(t.accuracy()), pct(t.uploaded_fraction())));
+                let key = label.split(' ').next().unwrap_or(label);
+                row[format!("cema_{key}_accuracy")] = json!(t.accuracy());
+                row[format!("cema_{key}_uploaded_fraction")] = json!(t.uploaded_fraction());
+            }
+            table.push('\n');
+            per_corruption.push(row);
+        }
+        for (m, (_, total)) in tallies.iter().enumerate() {
+            means[m].n += total.n;
+            means[m].correct += total.correct;
+            means[m].uploaded += total.uploaded;
+        }
+    }
+    table.push_str(&format!("| all | all | {} |", pct(means[0].accuracy())));
+    for m in &means[1..] {
+        table.push_str(&format!(" {} | {} |", pct(m.accuracy()), pct(m.uploaded_fraction())));
+    }
+    table.push('\n');
+    (table, per_corruption, means)
 }
 
 pub(crate) fn names(group: &[Corruption]) -> String {

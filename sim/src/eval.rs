@@ -138,6 +138,31 @@ pub(crate) fn stream_device_id(method: &str, index: usize, suffix: &str) -> Stri
 /// The share of samples a method may upload to compete for `best_method` (on every protocol).
 pub(crate) const BUDGET: f64 = 0.25;
 
+/// One stream of the evaluation: a method on a protocol's corruptions, as one device.
+struct Stream {
+    method: String,
+    protocol: String,
+    /// Scenario device number (the corruption's index on the independent protocol).
+    device: usize,
+    corruptions: Vec<Corruption>,
+    device_id: String,
+}
+
+/// The tables and figures of an evaluation.
+#[derive(Default)]
+struct Tables {
+    /// Accuracy (uploaded %) per method and corruption, per protocol.
+    accuracy: String,
+    /// Bytes and points per MB per method and protocol.
+    uploads: String,
+    /// Every figure as JSON rows.
+    rows: Vec<serde_json::Value>,
+    /// (cema-reference, none, cema-reference's uploaded share) of the first protocol.
+    headline: Option<(f64, f64, f64)>,
+    /// Mean accuracy and uploaded share per (method, protocol).
+    means: report::Means,
+}
+
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let started = Instant::now();
     let c = &args.common;
@@ -156,63 +181,30 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         }
     }
     println!("run folder: {}", dir.display());
-    // (method, protocol, device-index, corruptions of that stream, device id)
-    let mut streams: Vec<(String, String, usize, Vec<Corruption>, String)> = Vec::new();
-    for (m, method) in methods.iter().enumerate() {
-        if method != "none" {
-            method_setup(method, &c.selector)?;
-        }
-        for protocol in &protocols {
-            if protocol == "independent" {
-                for (k, corruption) in corruptions.iter().enumerate() {
-                    streams.push((
-                        method.clone(),
-                        protocol.clone(),
-                        k,
-                        vec![*corruption],
-                        stream_device_id(method, m, &format!("ind-{}", corruption.name())),
-                    ));
-                }
-            } else {
-                streams.push((
-                    method.clone(),
-                    protocol.clone(),
-                    0,
-                    corruptions.clone(),
-                    stream_device_id(method, m, "cont"),
-                ));
-            }
-        }
-    }
+    let streams = plan_streams(&methods, &protocols, &corruptions, &c.selector)?;
     let data = dir.join("cloud");
     std::fs::create_dir_all(&data)?;
     let test = test_set()?;
     let mut specs = Vec::new();
     let mut outputs: Vec<(usize, PathBuf, PathBuf)> = Vec::new(); // (stream, predictions, log)
     let mut records: Vec<Option<Vec<Record>>> = vec![None; streams.len()];
-    for (i, (method, protocol, device, group, id)) in streams.iter().enumerate() {
-        let proto = if protocol == "independent" { Protocol::Independent } else { Protocol::Continual };
-        if method == "none" {
-            records[i] = Some(offline(&student, &test, c, proto, group, *device as u64)?);
+    for (i, stream) in streams.iter().enumerate() {
+        let proto = if stream.protocol == "independent" { Protocol::Independent } else { Protocol::Continual };
+        if stream.method == "none" {
+            records[i] = Some(offline(&student, &test, c, proto, &stream.corruptions, stream.device as u64)?);
             continue;
         }
-        let (flags, model) = method_setup(method, &c.selector)?;
-        let mut args = scenario_args(c, protocol, group, *device as u64);
+        let (flags, model) = method_setup(&stream.method, &c.selector)?;
+        let mut args = scenario_args(c, &stream.protocol, &stream.corruptions, stream.device as u64);
         args.extend(flags);
-        let spec = edge_spec(&bins, &data, id, model, &student, "lockstep", args)?;
+        let spec = edge_spec(&bins, &data, &stream.device_id, model, &student, "lockstep", args)?;
         outputs.push((i, spec.output.clone(), spec.data_dir.with_extension("log")));
         specs.push(spec);
     }
     if !specs.is_empty() {
-        let cloud = CloudProcess::start(
-            &bins,
-            &data,
-            &cloud_config(
-                &student,
-                &foundation,
-                (args.idle_replay_steps, Some(args.idle_replay_window).filter(|&w| w > 0)),
-            ),
-        )?;
+        let idle_window = Some(args.idle_replay_window).filter(|&w| w > 0);
+        let config = cloud_config(&student, &foundation, (args.idle_replay_steps, idle_window));
+        let cloud = CloudProcess::start(&bins, &data, &config)?;
         eprintln!("{} adapted streams on cloud {} ({} at a time)", specs.len(), cloud.grpc, args.parallel);
         fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;
         cloud.stop()?;
@@ -222,82 +214,146 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         records[i] = Some(report::read(&output)?);
         upload_bytes[i] = report::upload_bytes(&log)?;
     }
-
-    // Per method and protocol: accuracy and uploaded fraction per corruption.
-    let mut rows = Vec::new();
-    let mut table = String::new();
-    let mut headline: Option<(f64, f64, f64)> = None; // (cema, none, uploaded) of the first protocol
-    let mut means = report::Means::new();
-    let mut uploads = String::from(
-        "\n### Bytes uploaded (images and statistics) and accuracy points over none per MB\n\n\
-         | method | protocol | MB | points/MB |\n|---|---|---|---|\n",
+    let tables = tabulate(&streams, &records, &upload_bytes, &methods, &protocols, &corruptions, c.severity);
+    write_outputs(&dir, c, &tables, &streams, &records, (&methods, &protocols, &corruptions), started)?;
+    println!("{}{}", tables.accuracy, tables.uploads);
+    println!("wrote {}/summary.md, results.json", dir.display());
+    let (cema, none, uploaded) = tables.headline.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+    let best = report::best_at_budget(&tables.means, BUDGET);
+    println!(
+        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} {} seconds={:.0}",
+        100.0 * (cema - none),
+        uploaded,
+        best.map_or("best_method=none".to_owned(), |b| b.line()),
+        started.elapsed().as_secs_f64()
     );
-    for protocol in &protocols {
-        table.push_str(&format!("\n### {protocol}, severity {} — accuracy % (uploaded %)\n\n| method |", c.severity));
-        for corruption in &corruptions {
-            table.push_str(&format!(" {} |", corruption.name()));
+    Ok(())
+}
+
+/// Every stream in evaluation order: per method, per protocol, one stream per corruption
+/// (independent) or one over all of them (continual). Device ids name the method's position.
+fn plan_streams(
+    methods: &[String],
+    protocols: &[String],
+    corruptions: &[Corruption],
+    selector: &str,
+) -> Result<Vec<Stream>> {
+    let mut streams = Vec::new();
+    for (m, method) in methods.iter().enumerate() {
+        if method != "none" {
+            method_setup(method, selector)?;
         }
-        table.push_str(" mean |\n|---|");
-        table.push_str(&"---|".repeat(corruptions.len() + 1));
-        table.push('\n');
-        let mut none_mean = None;
-        for method in &methods {
-            let mut per: Vec<Tally> = vec![Tally::default(); corruptions.len()];
-            for (i, (m, p, _, _, _)) in streams.iter().enumerate() {
-                if m != method || p != protocol {
-                    continue;
+        for protocol in protocols {
+            let stream = |device: usize, corruptions: Vec<Corruption>, suffix: &str| Stream {
+                method: method.clone(),
+                protocol: protocol.clone(),
+                device,
+                corruptions,
+                device_id: stream_device_id(method, m, suffix),
+            };
+            if protocol == "independent" {
+                for (k, corruption) in corruptions.iter().enumerate() {
+                    streams.push(stream(k, vec![*corruption], &format!("ind-{}", corruption.name())));
                 }
+            } else {
+                streams.push(stream(0, corruptions.to_vec(), "cont"));
+            }
+        }
+    }
+    Ok(streams)
+}
+
+/// Per method and protocol: accuracy and uploaded fraction per corruption, bytes uploaded.
+fn tabulate(
+    streams: &[Stream],
+    records: &[Option<Vec<Record>>],
+    upload_bytes: &[u64],
+    methods: &[String],
+    protocols: &[String],
+    corruptions: &[Corruption],
+    severity: u8,
+) -> Tables {
+    let mut t = Tables {
+        uploads: String::from(
+            "\n### Bytes uploaded (images and statistics) and accuracy points over none per MB\n\n\
+             | method | protocol | MB | points/MB |\n|---|---|---|---|\n",
+        ),
+        ..Tables::default()
+    };
+    for protocol in protocols {
+        t.accuracy.push_str(&format!("\n### {protocol}, severity {severity} — accuracy % (uploaded %)\n\n| method |"));
+        for corruption in corruptions {
+            t.accuracy.push_str(&format!(" {} |", corruption.name()));
+        }
+        t.accuracy.push_str(" mean |\n|---|");
+        t.accuracy.push_str(&"---|".repeat(corruptions.len() + 1));
+        t.accuracy.push('\n');
+        let mut none_mean = None;
+        for method in methods {
+            let of_method = |s: &Stream| &s.method == method && &s.protocol == protocol;
+            let mut per: Vec<Tally> = vec![Tally::default(); corruptions.len()];
+            for (i, _) in streams.iter().enumerate().filter(|(_, s)| of_method(s)) {
                 for r in records[i].as_deref().unwrap_or_default() {
                     if let Some(k) = corruptions.iter().position(|c| c.name() == r.corruption()) {
                         per[k].add(r.correct(), r.uploaded);
                     }
                 }
             }
-            table.push_str(&format!("| {method} |"));
-            for (corruption, t) in corruptions.iter().zip(&per) {
-                table.push_str(&format!(" {} ({}) |", pct(t.accuracy()), pct(t.uploaded_fraction())));
-                rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": corruption.name(),
-                                 "accuracy": t.accuracy(), "uploaded_fraction": t.uploaded_fraction(), "samples": t.n}));
+            t.accuracy.push_str(&format!("| {method} |"));
+            for (corruption, tally) in corruptions.iter().zip(&per) {
+                t.accuracy.push_str(&format!(" {} ({}) |", pct(tally.accuracy()), pct(tally.uploaded_fraction())));
+                t.rows.push(json!({"method": method, "protocol": protocol, "severity": severity, "corruption": corruption.name(),
+                                   "accuracy": tally.accuracy(), "uploaded_fraction": tally.uploaded_fraction(), "samples": tally.n}));
             }
             let mean_acc = per.iter().map(Tally::accuracy).sum::<f64>() / per.len() as f64;
             let mean_up = per.iter().map(Tally::uploaded_fraction).sum::<f64>() / per.len() as f64;
-            table.push_str(&format!(" **{}** ({}) |\n", pct(mean_acc), pct(mean_up)));
-            rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": "mean",
-                             "accuracy": mean_acc, "uploaded_fraction": mean_up}));
-            let bytes: u64 = streams
-                .iter()
-                .zip(&upload_bytes)
-                .filter(|((m, p, ..), _)| m == method && p == protocol)
-                .map(|(_, b)| b)
-                .sum();
+            t.accuracy.push_str(&format!(" **{}** ({}) |\n", pct(mean_acc), pct(mean_up)));
+            t.rows.push(json!({"method": method, "protocol": protocol, "severity": severity, "corruption": "mean",
+                               "accuracy": mean_acc, "uploaded_fraction": mean_up}));
+            let bytes: u64 = streams.iter().zip(upload_bytes).filter(|(s, _)| of_method(s)).map(|(_, b)| b).sum();
             let megabytes = bytes as f64 / 1e6;
             let points_per_mb =
                 none_mean.map(|none: f64| 100.0 * (mean_acc - none) / megabytes).filter(|v| v.is_finite());
-            uploads.push_str(&format!(
+            t.uploads.push_str(&format!(
                 "| {method} | {protocol} | {megabytes:.3} | {} |\n",
                 points_per_mb.map_or("—".to_owned(), |v| format!("{v:.2}"))
             ));
-            rows.push(json!({"method": method, "protocol": protocol, "severity": c.severity, "corruption": "all",
-                             "upload_bytes": bytes, "points_per_mb": points_per_mb}));
+            t.rows.push(json!({"method": method, "protocol": protocol, "severity": severity, "corruption": "all",
+                               "upload_bytes": bytes, "points_per_mb": points_per_mb}));
             if method == "none" {
                 none_mean = Some(mean_acc);
             }
-            means.insert((method.clone(), protocol.clone()), (mean_acc, mean_up));
-            if method == "cema-reference" && headline.is_none() {
-                headline = Some((mean_acc, none_mean.unwrap_or(f64::NAN), mean_up));
+            t.means.insert((method.clone(), protocol.clone()), (mean_acc, mean_up));
+            if method == "cema-reference" && t.headline.is_none() {
+                t.headline = Some((mean_acc, none_mean.unwrap_or(f64::NAN), mean_up));
             }
         }
     }
+    t
+}
+
+/// `summary.md`, `results.json` and the continual protocol's accuracy plot.
+fn write_outputs(
+    dir: &std::path::Path,
+    c: &Common,
+    tables: &Tables,
+    streams: &[Stream],
+    records: &[Option<Vec<Record>>],
+    (methods, protocols, corruptions): (&[String], &[String], &[Corruption]),
+    started: Instant,
+) -> Result<()> {
     let summary = format!(
         "# CEMA evaluation\n\nFashion-MNIST test streams, severity {}, {} samples per corruption, batch {}, seed {}, lockstep pacing.\n\
          Methods: none (edge model as shipped), bn-stats (cloud updates running statistics only, from all samples),\n\
          upload-all (CEMA's cloud on every sample), eata-select (EATA's selection with its published margin 0.05),\n\
-         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{table}{uploads}\nWall time: {:.0} s.\n",
+         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{}{}\nWall time: {:.0} s.\n",
         c.severity,
         c.samples_per_corruption.unwrap_or(320),
         c.batch,
         c.seed,
         c.selector,
+        tables.accuracy,
+        tables.uploads,
         started.elapsed().as_secs_f64()
     );
     std::fs::write(dir.join("summary.md"), &summary)?;
@@ -306,10 +362,10 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         "config": {"selector": c.selector, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320), "batch": c.batch,
                    "seed": c.seed, "methods": methods, "protocols": protocols, "pacing": "lockstep",
                    "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(), "models": c.models.display().to_string()},
-        "results": rows,
+        "results": tables.rows,
     });
     std::fs::write(dir.join("results.json"), serde_json::to_string_pretty(&results)?)?;
-    let series: Vec<plot::Panel> = protocols
+    let panels: Vec<plot::Panel> = protocols
         .iter()
         .filter(|p| *p == "continual")
         .map(|p| plot::Panel {
@@ -318,9 +374,9 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             series: streams
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| &s.1 == p)
+                .filter(|(_, s)| &s.protocol == p)
                 .map(|(i, s)| plot::Series {
-                    label: s.0.clone(),
+                    label: s.method.clone(),
                     points: report::moving(records[i].as_deref().unwrap_or_default(), 256, 64, |x| {
                         x.correct() as u8 as f64
                     }),
@@ -328,19 +384,8 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
                 .collect(),
         })
         .collect();
-    if !series.is_empty() {
-        plot::write(&dir.join("accuracy.png"), &series, "predictions")?;
+    if !panels.is_empty() {
+        plot::write(&dir.join("accuracy.png"), &panels, "predictions")?;
     }
-    println!("{table}{uploads}");
-    println!("wrote {}/summary.md, results.json", dir.display());
-    let (cema, none, uploaded) = headline.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
-    let best = report::best_at_budget(&means, BUDGET);
-    println!(
-        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} {} seconds={:.0}",
-        100.0 * (cema - none),
-        uploaded,
-        best.map_or("best_method=none".to_owned(), |b| b.line()),
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }
