@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use cema_compute::adapt::{AdaptError, Adapter, DistillKind, RoundInput, RoundOutcome, ScopeState};
+use cema_compute::adapt::{AdaptConfig, AdaptError, Adapter, DistillKind, RoundInput, RoundOutcome, ScopeState};
 use cema_core::SampleValues;
 use cema_proto::ConvertError;
 use cema_proto::v1;
@@ -276,6 +276,7 @@ impl Engine {
 
     /// Runs one round of a scope; returns whether there may be more.
     fn round(&self, scope: &ScopeId, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, EngineError> {
+        self.skip_stale(scope, adapter.config())?;
         let entries = self.store.next_round(scope)?;
         let Some(((marker_key, marker_entry), samples)) = entries.split_last() else { return Ok(false) };
         let meta = self.store.meta(scope)?;
@@ -289,6 +290,9 @@ impl Engine {
             first_batch_statistics: marker_entry.statistics.as_ref().map(stored_statistics).transpose()?,
             batch_statistics: marker_entry.batch_statistics.as_ref().map(stored_statistics).transpose()?,
         };
+        if let Some(new) = new {
+            observe_queue_age(&self.metrics, new.iter().map(|(_, e)| e));
+        }
         let mut replay = StoredReplay { store: &self.store, scope, meta: &meta, model: &handle.model };
         let work_waiting = || handle.scheduled.load(Ordering::Acquire);
         let outcome = adapter.round(&mut state, &input, &mut replay, &work_waiting)?;
@@ -311,8 +315,37 @@ impl Engine {
             self.metrics.step_seconds.observe(seconds);
         }
         self.metrics.replay_samples.set(meta.replay_len() as f64);
+        self.metrics.backlog_samples.set(meta.queued_samples as f64);
         self.publish(handle, &meta, published_params);
         Ok(true)
+    }
+
+    /// Newest data first (`max_queue_seconds`): the samples the engine would step through for
+    /// this scope in that time — at its mean step time so far (1 s before the first), sharing
+    /// the time with the other scopes waiting — are kept queued; older ones go to the replay
+    /// buffer alone.
+    fn skip_stale(&self, scope: &ScopeId, config: &AdaptConfig) -> Result<(), EngineError> {
+        if config.max_queue_seconds <= 0.0 {
+            return Ok(());
+        }
+        let (sum, count) = self.metrics.step_seconds.get();
+        let step_seconds = if count > 0 { (sum / count as f64).max(1e-3) } else { 1.0 };
+        // The engine takes waiting scopes in turn, so each gets its share of the time.
+        let waiting = self
+            .scopes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|h| h.scheduled.load(Ordering::Acquire))
+            .count();
+        let steps = (config.max_queue_seconds / (step_seconds * (waiting + 1) as f64)).floor().max(1.0);
+        let keep = (steps * config.cloud_batch as f64) as u64;
+        let skipped = self.store.skip_stale(scope, keep)?;
+        if skipped > 0 {
+            self.metrics.stale_skipped.add(skipped);
+            tracing::debug!(%scope, skipped, keep, "the engine fell behind: stale samples left to replay");
+        }
+        Ok(())
     }
 
     /// Metrics, and one structured log line per distillation step (`CEMA_LOG=debug`): the loss
@@ -360,6 +393,14 @@ impl Engine {
             p.through = Arc::new(meta.through.clone());
         });
         self.metrics.version.set(meta.version as f64);
+    }
+}
+
+/// Records how long each of a step's samples waited in the queue.
+fn observe_queue_age<'a>(metrics: &Metrics, entries: impl Iterator<Item = &'a QueueEntry>) {
+    let now = crate::store::unix_ms();
+    for entry in entries.filter(|e| e.received_unix_ms > 0) {
+        metrics.queue_age_seconds.observe(now.saturating_sub(entry.received_unix_ms) as f64 / 1e3);
     }
 }
 

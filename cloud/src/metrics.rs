@@ -79,6 +79,80 @@ impl Summary {
     }
 }
 
+/// Seconds an uploaded sample waited in the queue before a step consumed it: the histogram's
+/// bucket bounds.
+pub const QUEUE_AGE_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0];
+
+/// Observations counted into fixed buckets (a Prometheus histogram).
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bound, observations ≤ it (not cumulative), then the count above the last; sum.
+    state: Mutex<(Vec<u64>, f64)>,
+}
+
+impl Histogram {
+    /// A histogram over `bounds` (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, state: Mutex::new((vec![0; bounds.len() + 1], 0.0)) }
+    }
+
+    /// Records one observation.
+    pub fn observe(&self, value: f64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        state.0[bucket] += 1;
+        state.1 += value;
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.iter().sum()
+    }
+
+    /// The smallest bucket bound at or below which a share `q` of the observations lie
+    /// (infinity if above the last bound, NaN without observations).
+    pub fn quantile_bound(&self, q: f64) -> f64 {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let total: u64 = state.0.iter().sum();
+        if total == 0 {
+            return f64::NAN;
+        }
+        let mut cumulative = 0;
+        for (i, n) in state.0.iter().enumerate() {
+            cumulative += n;
+            if cumulative as f64 >= q * total as f64 {
+                return self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            }
+        }
+        f64::INFINITY
+    }
+
+    /// The Prometheus text of the histogram.
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, n) in self.bounds.iter().zip(&state.0) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += state.0.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {}\n{name}_count {cumulative}",
+            state.1
+        );
+    }
+}
+
+impl Default for Histogram {
+    /// A queue-age histogram ([`QUEUE_AGE_BUCKETS`]).
+    fn default() -> Self {
+        Self::new(&QUEUE_AGE_BUCKETS)
+    }
+}
+
 /// Every metric of the cloud.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -98,6 +172,13 @@ pub struct Metrics {
     pub idle_replay_steps: Counter,
     /// Failed adaptation rounds.
     pub engine_errors: Counter,
+    /// Queued samples skipped for the replay buffer alone because the engine fell behind
+    /// (`max_queue_seconds`).
+    pub stale_skipped: Counter,
+    /// Seconds each sample a step consumed had waited in the queue.
+    pub queue_age_seconds: Histogram,
+    /// Samples waiting in the queue of the scope adapted last.
+    pub backlog_samples: Gauge,
     /// Seconds per step.
     pub step_seconds: Summary,
     /// Replay-buffer size of the scope adapted last.
@@ -169,6 +250,8 @@ impl Metrics {
             let count_help = format!("Count of {help}.");
             cema_host::admin::metric(&mut out, &format!("{name}_count"), "counter", &count_help, count as f64);
         }
+        let age_help = "Seconds each sample a step consumed had waited in the queue.";
+        self.queue_age_seconds.render(&mut out, "cema_cloud_queue_age_seconds", age_help);
         let _ = writeln!(
             out,
             "# HELP cema_cloud_rejected_total Refused requests by reason.\n# TYPE cema_cloud_rejected_total counter"
@@ -181,7 +264,7 @@ impl Metrics {
     }
 
     /// Every single-valued family: name, type, help, value.
-    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 20] {
+    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 22] {
         let count = |c: &Counter| c.get() as f64;
         [
             ("cema_cloud_samples_accepted_total", "counter", "Samples stored.", count(&self.samples_accepted)),
@@ -196,6 +279,18 @@ impl Metrics {
                 count(&self.idle_replay_steps),
             ),
             ("cema_cloud_engine_errors_total", "counter", "Failed adaptation rounds.", count(&self.engine_errors)),
+            (
+                "cema_cloud_stale_skipped_total",
+                "counter",
+                "Queued samples left to the replay buffer alone because the engine fell behind.",
+                count(&self.stale_skipped),
+            ),
+            (
+                "cema_cloud_backlog_samples",
+                "gauge",
+                "Queued samples of the scope adapted last.",
+                self.backlog_samples.get(),
+            ),
             (
                 "cema_cloud_replay_samples",
                 "gauge",

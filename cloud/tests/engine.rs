@@ -104,6 +104,7 @@ fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
     wait_through(&watch, 2);
     assert_eq!(metrics.steps.get(), 1);
     assert_eq!(metrics.distill_batch.get(), 32.0);
+    assert_eq!(metrics.queue_age_seconds.count(), 32, "each stepped sample's wait is measured");
     let meta = store.meta(&scope()).unwrap();
     assert_eq!((meta.version, meta.queued_samples, meta.replay_len()), (1, 28, 60));
     assert_eq!(watch.borrow().version, 1, "the version was published");
@@ -166,6 +167,32 @@ fn rollback_republishes_a_stored_version_as_the_next_one() {
     let unknown = store.rollback(&scope(), 99).unwrap_err();
     assert!(unknown.to_string().contains("holds no version 99"), "{unknown}");
     assert_eq!(store.meta(&scope()).unwrap().version, 4, "a refused rollback changes nothing");
+}
+
+#[test]
+fn stale_samples_leave_the_queue_for_replay_when_batches_pile_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&sled::open(dir.path().join("state")).unwrap()).unwrap();
+    let mut feed = Feed { seq: 0, image: 0 };
+    // One batch end queued: never skipped, whatever the backlog (lockstep's case).
+    feed.batch(&store, 40, 1, 10_000);
+    assert_eq!(store.skip_stale(&scope(), 10).unwrap(), 0);
+    // Three batches of 40 queued, keep 50: the oldest 70 samples and the first batch end go.
+    feed.batch(&store, 40, 2, 10_000);
+    feed.batch(&store, 40, 3, 10_000);
+    assert_eq!(store.skip_stale(&scope(), 200).unwrap(), 0, "within the bound");
+    assert_eq!(store.skip_stale(&scope(), 50).unwrap(), 70);
+    let meta = store.meta(&scope()).unwrap();
+    assert_eq!(meta.queued_samples, 50);
+    assert_eq!(meta.replay_len(), 120, "skipped samples stay in the replay buffer");
+    assert_eq!(meta.through.get("d1"), Some(&1), "a skipped batch end counts as processed");
+    // The next round starts at the 71st sample: 71–80, then batch 2's end.
+    let round = store.next_round(&scope()).unwrap();
+    assert_eq!(round.len(), 11);
+    assert_eq!(round.last().unwrap().1.batch, 2);
+    let samples: Vec<_> = round[..10].iter().map(|(_, e)| e.sample.clone().unwrap()).collect();
+    assert_eq!(samples, (71..=80).map(support::image).collect::<Vec<_>>());
+    assert!(round.iter().all(|(_, e)| e.received_unix_ms > 0), "ingest stamps each entry");
 }
 
 #[test]

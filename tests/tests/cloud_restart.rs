@@ -73,7 +73,11 @@ async fn kill_9_during_ingest_loses_no_acknowledged_sample_and_duplicates_none()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_steps_resumes_and_versions_continue() {
-    let TinyCloud { dir: _dir, student, bins, data, config, cloud, token } = tiny_cloud();
+    let TinyCloud { dir: _dir, student, bins, data, config, cloud, token } = tiny_cloud_with(
+        // The steps counted below are cema-spec's: every sample stepped on, however late, so
+        // the engine's newest-data-first rule (for uploads that pile up) is off here.
+        "[models.default.adapt]\nmax_queue_seconds = 0.0\n",
+    );
 
     // 12 batches of 40 samples: by cema-spec, batch k leaves (40k mod 32)… the exact count is
     // simulated below. Everything is acknowledged before the kill; steps are still running.

@@ -83,6 +83,7 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
             local_every: None,
             outbox: OutboxLimits::default(),
             pacing: Pacing::Lockstep(Duration::from_secs(60)),
+            guard: false,
         };
         Agent::open(Runtime::load(library.clone(), &student, 1).unwrap(), db, config).unwrap()
     };

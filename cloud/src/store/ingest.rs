@@ -214,6 +214,7 @@ impl Store {
     ) -> Result<IngestOutcome, StoreError> {
         let mut sorted: Vec<&Incoming> = entries.iter().collect();
         sorted.sort_by_key(|e| e.seq());
+        let received_unix_ms = super::unix_ms();
         let outcome =
             (&self.acked, &self.queue, &self.replay, &self.scopes).transaction(|(acked, queue, replay, scopes)| {
                 let mut highest = acked.get(device)?.map(|v| id_of(&v)).unwrap_or(0);
@@ -239,7 +240,7 @@ impl Store {
                             }
                             meta.queued_samples += 1;
                             outcome.samples += 1;
-                            QueueEntry { sample: Some(input.clone()), ..QueueEntry::default() }
+                            QueueEntry { sample: Some(input.clone()), received_unix_ms, ..QueueEntry::default() }
                         }
                         Incoming::BatchEnd { batch, statistics, batch_statistics, .. } => {
                             outcome.batch_ends += 1;
@@ -249,6 +250,7 @@ impl Store {
                                 batch: *batch,
                                 statistics: statistics.clone(),
                                 batch_statistics: batch_statistics.clone(),
+                                received_unix_ms,
                             }
                         }
                     };

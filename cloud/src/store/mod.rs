@@ -11,6 +11,7 @@
 mod commit;
 mod ingest;
 mod records;
+mod stale;
 
 use std::collections::BTreeMap;
 
@@ -104,6 +105,11 @@ pub(super) fn prefix(scope: &str) -> Vec<u8> {
 
 pub(super) fn id_of(key: &[u8]) -> u64 {
     key.len().checked_sub(8).and_then(|at| key[at..].try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A scope id as the `scopes` tree keys it.

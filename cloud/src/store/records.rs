@@ -88,6 +88,10 @@ pub struct QueueEntry {
     /// A marker's batch statistics, if the edge runs the statistics uplink.
     #[prost(message, optional, tag = "5")]
     pub batch_statistics: Option<v1::NormStatistics>,
+    /// When ingest stored the entry (Unix milliseconds; 0 for entries stored before this field
+    /// existed): what the queue-age figures measure.
+    #[prost(uint64, tag = "6")]
+    pub received_unix_ms: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

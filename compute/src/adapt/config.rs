@@ -33,6 +33,9 @@ pub enum StudentStatistics {
 /// The most idle replay steps one batch may add.
 pub const MAX_IDLE_REPLAY_STEPS: usize = 16;
 
+/// The default `max_queue_seconds`: uploads older than this are stale for a camera's stream.
+pub const DEFAULT_MAX_QUEUE_SECONDS: f64 = 3.0;
+
 /// Hyperparameters of the cloud step (defaults: the reference code's).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,6 +85,11 @@ pub struct AdaptConfig {
     /// replay buffer instead of all of it (`None`: all), so idle time goes to the distribution
     /// the edges see now.
     pub idle_replay_window: Option<usize>,
+    /// Newest data first: when a scope's queue holds more than one batch end and more samples
+    /// than the engine steps through in this many seconds (at its measured step time), the
+    /// oldest queued samples go to the replay buffer alone, unstepped. Lockstep never queues
+    /// two batch ends, so it never skips. 0: every sample is stepped on, however late.
+    pub max_queue_seconds: f64,
 }
 
 impl Default for AdaptConfig {
@@ -106,6 +114,7 @@ impl Default for AdaptConfig {
             edge_statistics_weight: None,
             idle_replay_steps: 0,
             idle_replay_window: None,
+            max_queue_seconds: DEFAULT_MAX_QUEUE_SECONDS,
         }
     }
 }
@@ -154,6 +163,9 @@ impl AdaptConfig {
                 "idle_replay_window must be ≥ replay_only_batch ({}), found {window}",
                 self.replay_only_batch
             ));
+        }
+        if !(self.max_queue_seconds.is_finite() && self.max_queue_seconds >= 0.0) {
+            problems.push(format!("max_queue_seconds must be ≥ 0 (0: off), found {}", self.max_queue_seconds));
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
             problems.push(format!("temperature must be > 0, found {}", self.temperature));

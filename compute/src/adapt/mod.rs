@@ -18,7 +18,9 @@ use cema_core::ManifestError;
 use crate::GraphError;
 
 pub use adapter::{Adapter, DistillReport, ScopeState};
-pub use config::{AdaptConfig, CloudMethod, MAX_IDLE_REPLAY_STEPS, StatsInit, StudentStatistics};
+pub use config::{
+    AdaptConfig, CloudMethod, DEFAULT_MAX_QUEUE_SECONDS, MAX_IDLE_REPLAY_STEPS, StatsInit, StudentStatistics,
+};
 pub use round::{DistillKind, DistilledStep, Replay, RoundInput, RoundOutcome};
 
 /// Why the cloud step cannot be built or run.

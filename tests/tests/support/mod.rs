@@ -151,11 +151,16 @@ pub(crate) struct TinyCloud {
 
 /// Starts a [`TinyCloud`].
 pub(crate) fn tiny_cloud() -> TinyCloud {
+    tiny_cloud_with("")
+}
+
+/// [`tiny_cloud`] with `extra` appended to its model's config.
+pub(crate) fn tiny_cloud_with(extra: &str) -> TinyCloud {
     let dir = tempfile::tempdir().unwrap();
     let (student, foundation) = tiny_models(dir.path());
     let bins = binaries();
     let data = dir.path().join("cloud");
-    let config = config(&student, &foundation, "");
+    let config = config(&student, &foundation, extra);
     let (cloud, tokens) = cloud_with_devices(&bins, &data, &config, &["d1"]);
     let token = token(&tokens[0]);
     TinyCloud { dir, student, bins, data, config, cloud, token }

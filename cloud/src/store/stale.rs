@@ -1,0 +1,72 @@
+//! Newest data first: when the engine falls behind a scope's uploads, the oldest queued
+//! entries leave the queue for the replay buffer alone (`docs/algorithm.md`, "Real time").
+
+use prost::Message;
+use sled::transaction::Transactional;
+
+use super::{QueueEntry, ScopeMeta, Store, StoreError, abort, decode, id_of, key, prefix, write_guard};
+use crate::scope::ScopeId;
+
+impl Store {
+    /// Newest data first: when `scope`'s queue holds more than one batch end and more than
+    /// `keep` samples, its oldest entries leave the queue (their samples stay in the replay
+    /// buffer, so nothing acknowledged is lost) until `keep` samples are left. Batch ends that
+    /// leave with them count as processed for their device; one that carries first-batch
+    /// statistics is never skipped. In lockstep a queue holds one batch end at most, so this
+    /// never fires there. Returns the samples skipped.
+    pub fn skip_stale(&self, scope: &ScopeId, keep: u64) -> Result<u64, StoreError> {
+        let scope = scope.to_string();
+        let scope = scope.as_str();
+        let meta: ScopeMeta = match self.scopes.get(scope)? {
+            Some(bytes) => decode("scopes", &bytes)?,
+            None => return Ok(0),
+        };
+        if meta.queued_samples <= keep {
+            return Ok(0);
+        }
+        let mut markers = 0usize;
+        let mut entries = Vec::new();
+        for item in self.queue.scan_prefix(prefix(scope)) {
+            let (k, v) = item?;
+            let entry: QueueEntry = decode("queue", &v)?;
+            markers += entry.sample.is_none() as usize;
+            entries.push((id_of(&k), entry));
+        }
+        if markers < 2 {
+            return Ok(0);
+        }
+        let mut excess = meta.queued_samples - keep;
+        let mut leave = Vec::new();
+        for (id, entry) in &entries {
+            if excess == 0 || entry.statistics.is_some() {
+                break;
+            }
+            if entry.sample.is_some() {
+                excess -= 1;
+            }
+            leave.push((*id, entry));
+        }
+        let _writes = write_guard();
+        let skipped = (&self.queue, &self.scopes).transaction(|(queue, scopes)| {
+            let mut meta: ScopeMeta = match scopes.get(scope)? {
+                Some(bytes) => decode("scopes", &bytes).map_err(abort)?,
+                None => ScopeMeta::default(),
+            };
+            let mut skipped = 0;
+            for (id, entry) in &leave {
+                queue.remove(key(scope, *id))?;
+                match entry.sample {
+                    Some(_) => skipped += 1,
+                    None => {
+                        meta.through.insert(entry.device.clone(), entry.batch);
+                    }
+                }
+            }
+            meta.queued_samples = meta.queued_samples.saturating_sub(skipped);
+            scopes.insert(scope, meta.encode_to_vec())?;
+            Ok(skipped)
+        })?;
+        self.seal()?;
+        Ok(skipped)
+    }
+}
