@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cema_core::{Compression, Encoding, NormParams, SampleValues, StatsInit, codec};
+use cema_core::{Encoding, NormParams, SampleValues, StatsInit};
 use cema_proto::v1;
 use tokio::sync::{Notify, watch};
 
@@ -53,6 +53,10 @@ pub struct AgentConfig {
     pub outbox: OutboxLimits,
     /// Pacing.
     pub pacing: Pacing,
+    /// The source guard: run each batch through the model's own parameters too, and serve
+    /// those instead when they carry more information about it
+    /// (see [`crate::guard::GUARD_MARGIN_FRACTION`]).
+    pub guard: bool,
 }
 
 /// Why the agent failed.
@@ -122,6 +126,9 @@ impl Agent {
     pub fn open(mut runtime: Runtime, db: &sled::Db, config: AgentConfig) -> Result<Self, AgentError> {
         if config.uplink_statistics || config.local_every.is_some() {
             runtime.observe_statistics()?;
+        }
+        if config.guard {
+            runtime.keep_source_session()?;
         }
         let store = EdgeStore::open(db, config.outbox)?;
         let selector_state = store.selector_state()?;
@@ -259,10 +266,18 @@ impl Agent {
             return Err(AgentError::Refused(reason));
         }
         self.apply_pending()?;
-        let input = self.model_input(samples)?;
+        let input = crate::batch::model_input(self.runtime.manifest(), samples)?;
         let first_batch = self.first_batch_init(&input, samples.len())?;
         let started = Instant::now();
-        let prediction = self.runtime.predict(&input, samples.len())?;
+        let mut prediction = self.runtime.predict(&input, samples.len())?;
+        if self.config.guard
+            && !self.serving_source
+            && let Some(source) = self.runtime.predict_source(&input, samples.len())?
+            && crate::guard::prefer_source(&prediction, &source)
+        {
+            prediction = source;
+            self.metrics.guard_reverts.fetch_add(1, Ordering::Relaxed);
+        }
         self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let select_started = Instant::now();
         let mut selection = self.selector.select(&prediction.entropy, &prediction.probs);
@@ -272,7 +287,14 @@ impl Agent {
         }
         self.metrics.select_us.fetch_add(select_started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let selected_indices: Vec<usize> = (0..samples.len()).filter(|&i| selection.keep[i]).collect();
-        let selected = self.encode_selected(samples, &selected_indices, &prediction)?;
+        let encoding = self.config.float_encoding;
+        let selected = crate::batch::encode_selected(
+            self.runtime.manifest(),
+            (self.config.compress, encoding),
+            samples,
+            &selected_indices,
+            &prediction,
+        )?;
         let batch = self.batch_index + 1;
         let mut end = v1::BatchEnd { batch, predicted: samples.len() as u32, ..v1::BatchEnd::default() };
         if let Some(params) = &first_batch {
@@ -306,56 +328,6 @@ impl Agent {
         self.metrics.drops.fetch_add(appended.dropped, Ordering::Relaxed);
         self.metrics.batches.fetch_add(1, Ordering::Relaxed);
         Ok(served_records(&prediction, &stored))
-    }
-
-    /// The model input of a batch: each sample checked for size and preprocessed.
-    fn model_input(&self, samples: &[SampleValues]) -> Result<Vec<f32>, AgentError> {
-        let manifest = self.runtime.manifest();
-        let per_sample = manifest.sample_elements();
-        let mut input = Vec::with_capacity(samples.len() * per_sample);
-        for (i, sample) in samples.iter().enumerate() {
-            if sample.len() != per_sample {
-                return Err(AgentError::Input(format!(
-                    "sample {i} has {} values; the model takes {per_sample}",
-                    sample.len()
-                )));
-            }
-            match sample {
-                SampleValues::U8(pixels) => manifest.preprocess_u8(pixels, &mut input),
-                SampleValues::F32(values) => input.extend_from_slice(values),
-            }
-        }
-        Ok(input)
-    }
-
-    /// The selected samples as they are uploaded: encoded raw inputs with their predictions.
-    fn encode_selected(
-        &self,
-        samples: &[SampleValues],
-        selected: &[usize],
-        prediction: &Prediction,
-    ) -> Result<Vec<v1::Sample>, AgentError> {
-        let shape: Vec<u64> = self.runtime.manifest().input.shape.iter().map(|&d| d as u64).collect();
-        let compression = if self.config.compress { Compression::Zstd } else { Compression::None };
-        selected
-            .iter()
-            .map(|&i| {
-                let encoded = match &samples[i] {
-                    SampleValues::U8(pixels) => codec::encode_u8(&shape, pixels, compression),
-                    SampleValues::F32(values) => {
-                        codec::encode_f32(&shape, values, self.config.float_encoding, compression)
-                    }
-                }
-                .map_err(|e| AgentError::Input(e.to_string()))?;
-                Ok(v1::Sample {
-                    seq: 0,
-                    input: Some(cema_proto::sample_to_wire(&encoded)),
-                    entropy: prediction.entropy[i],
-                    params_version: prediction.params_version,
-                    predicted_class: prediction.class[i] as u32,
-                })
-            })
-            .collect()
     }
 
     /// Under `stats_init = first_batch`, while the model's own parameters serve: measures this

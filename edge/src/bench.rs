@@ -178,6 +178,7 @@ fn agent_figures(
         local_every: None,
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
+        guard: false,
     };
     let mut agent = Agent::open(runtime, &db, config)?;
     agent.push(samples)?;

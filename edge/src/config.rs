@@ -38,6 +38,24 @@ pub enum ConfigError {
     },
 }
 
+/// A value that is not one of a key's forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} `{value}`: use {forms}")]
+pub struct BadValue {
+    /// The key.
+    pub key: &'static str,
+    /// The value given.
+    pub value: String,
+    /// The forms it takes.
+    pub forms: &'static str,
+}
+
+impl BadValue {
+    fn new(key: &'static str, value: &str, forms: &'static str) -> Self {
+        Self { key, value: value.to_owned(), forms }
+    }
+}
+
 /// Where samples come from.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(try_from = "String")]
@@ -147,6 +165,7 @@ pub struct EdgeConfig {
     pub admin_addr: Option<SocketAddr>,
     pub drain_timeout: f64,
     pub lockstep_timeout: f64,
+    pub guard: bool,
 }
 
 impl Default for EdgeConfig {
@@ -198,6 +217,7 @@ impl Default for EdgeConfig {
             admin_addr: None,
             drain_timeout: 30.0,
             lockstep_timeout: 300.0,
+            guard: false,
         }
     }
 }
@@ -311,6 +331,7 @@ impl EdgeConfig {
                 policy: self.outbox_policy,
             },
             pacing,
+            guard: self.guard,
         }
     }
 
@@ -324,9 +345,9 @@ impl EdgeConfig {
 }
 
 impl TryFrom<String> for SourceSpec {
-    type Error = String;
+    type Error = BadValue;
 
-    fn try_from(spec: String) -> Result<Self, String> {
+    fn try_from(spec: String) -> Result<Self, BadValue> {
         if spec == "scenario" {
             Ok(Self::Scenario)
         } else if let Some(path) = spec.strip_prefix("idx:") {
@@ -334,46 +355,46 @@ impl TryFrom<String> for SourceSpec {
         } else if let Some(path) = spec.strip_prefix("folder:") {
             Ok(Self::Folder(path.into()))
         } else {
-            Err(format!("unknown source `{spec}`: use scenario, idx:<file> or folder:<dir>"))
+            Err(BadValue::new("source", &spec, "scenario, idx:<file> or folder:<dir>"))
         }
     }
 }
 
 impl TryFrom<String> for PacingSpec {
-    type Error = String;
+    type Error = BadValue;
 
-    fn try_from(spec: String) -> Result<Self, String> {
+    fn try_from(spec: String) -> Result<Self, BadValue> {
         match spec.as_str() {
             "free" => Ok(Self::Free),
             "lockstep" => Ok(Self::Lockstep),
             _ => match spec.strip_prefix("realtime:").and_then(|f| f.parse::<f64>().ok()) {
                 Some(fps) if fps > 0.0 && fps.is_finite() => Ok(Self::Realtime(fps)),
-                _ => Err(format!("pacing `{spec}`: use free, lockstep or realtime:<images per second>")),
+                _ => Err(BadValue::new("pacing", &spec, "free, lockstep or realtime:<images per second>")),
             },
         }
     }
 }
 
 impl TryFrom<String> for AdaptSpec {
-    type Error = String;
+    type Error = BadValue;
 
-    fn try_from(spec: String) -> Result<Self, String> {
+    fn try_from(spec: String) -> Result<Self, BadValue> {
         match spec.as_str() {
             "cloud" => Ok(Self::Cloud),
             "local" => Ok(Self::Local(1)),
             _ => match spec.strip_prefix("local:").and_then(|n| n.parse::<u64>().ok()) {
                 Some(every) if every > 0 => Ok(Self::Local(every)),
-                _ => Err(format!("adapt `{spec}`: use cloud, local or local:<batches>")),
+                _ => Err(BadValue::new("adapt", &spec, "cloud, local or local:<batches>")),
             },
         }
     }
 }
 
 impl TryFrom<String> for Margin {
-    type Error = String;
+    type Error = BadValue;
 
-    fn try_from(margin: String) -> Result<Self, String> {
-        let bad = || format!("d_margin `{margin}`: use scaled:<m>, raw:<m> or off");
+    fn try_from(margin: String) -> Result<Self, BadValue> {
+        let bad = || BadValue::new("d_margin", &margin, "scaled:<m>, raw:<m> or off");
         let number = |m: &str| m.parse::<f64>().ok().filter(|m| m.is_finite() && *m >= 0.0).ok_or_else(bad);
         let redundancy = match margin.split_once(':') {
             _ if margin == "off" => Redundancy::Off,
@@ -386,19 +407,23 @@ impl TryFrom<String> for Margin {
 }
 
 impl TryFrom<String> for ProtocolName {
-    type Error = String;
+    type Error = BadValue;
 
-    fn try_from(name: String) -> Result<Self, String> {
+    fn try_from(name: String) -> Result<Self, BadValue> {
         <Protocol as clap::ValueEnum>::from_str(&name, true)
             .map(Self)
-            .map_err(|_| format!("unknown protocol `{name}` (independent, continual, gradual, mixed)"))
+            .map_err(|_| BadValue::new("protocol", &name, "independent, continual, gradual or mixed"))
     }
 }
 
 impl TryFrom<String> for Corruptions {
-    type Error = String;
+    type Error = BadValue;
 
-    fn try_from(list: String) -> Result<Self, String> {
-        list.split(',').map(|name| Corruption::from_str(name.trim())).collect::<Result<_, _>>().map(Self)
+    fn try_from(list: String) -> Result<Self, BadValue> {
+        let names = "comma-separated corruption names (cema-shift list)";
+        list.split(',')
+            .map(|name| Corruption::from_str(name.trim()).map_err(|_| BadValue::new("corruptions", name.trim(), names)))
+            .collect::<Result<_, _>>()
+            .map(Self)
     }
 }

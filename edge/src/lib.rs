@@ -20,8 +20,10 @@
 //! from a patched model (see [`cema_core::params`] for why patching is the only reliable way).
 
 pub mod agent;
+mod batch;
 pub mod bench;
 pub mod config;
+pub mod guard;
 pub mod link;
 pub mod local;
 pub mod metrics;

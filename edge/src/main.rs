@@ -221,6 +221,12 @@ struct RunArgs {
     /// Seconds to wait for the outbox to drain at the end. Default 30.
     #[arg(long, env = "CEMA_EDGE_DRAIN_TIMEOUT")]
     drain_timeout: Option<f64>,
+    /// The source guard: also run each batch with the model's own parameters and serve those
+    /// when their predictions carry more information about the batch than the adapted ones'
+    /// (one more forward pass per adapted batch, one more session's memory). For real-time
+    /// streams, where an update can arrive after the shift it was fitted to. Default false.
+    #[arg(long, env = "CEMA_EDGE_GUARD", num_args = 0..=1, default_missing_value = "true")]
+    guard: Option<bool>,
     /// Seconds to wait for the cloud per batch in lockstep. Default 300.
     #[arg(long, env = "CEMA_EDGE_LOCKSTEP_TIMEOUT")]
     lockstep_timeout: Option<f64>,

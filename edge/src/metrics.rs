@@ -32,6 +32,9 @@ pub struct EdgeMetrics {
     pub first_batch_inits: AtomicU64,
     /// Edge-local adaptations applied.
     pub local_applies: AtomicU64,
+    /// Batches served with the model's own parameters because theirs carried more information
+    /// about the batch than the adapted ones' (the source guard).
+    pub guard_reverts: AtomicU64,
     /// Microseconds to validate and prepare the last update.
     pub prepare_us: AtomicU64,
     /// Microseconds from the last update's arrival to its swap.
@@ -97,6 +100,12 @@ impl EdgeMetrics {
                 get(&self.first_batch_inits),
             ),
             ("cema_edge_local_applies_total", "counter", "Edge-local statistics applied.", get(&self.local_applies)),
+            (
+                "cema_edge_guard_reverts_total",
+                "counter",
+                "Batches served with the source parameters: theirs carried more information (the source guard).",
+                get(&self.guard_reverts),
+            ),
             ("cema_edge_prepare_seconds", "gauge", "Validate + build of the last update.", get(&self.prepare_us) / 1e6),
             (
                 "cema_edge_update_to_swap_seconds",

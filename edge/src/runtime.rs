@@ -161,6 +161,8 @@ pub struct Runtime {
     library: OrtLibrary,
     intra_threads: usize,
     current: PreparedSession,
+    /// A session with the model's own parameters beside the serving one (the source guard).
+    source_session: Option<PreparedSession>,
 }
 
 impl Runtime {
@@ -185,6 +187,7 @@ impl Runtime {
             library,
             intra_threads,
             current: PreparedSession { session, version: 0 },
+            source_session: None,
         })
     }
 
@@ -279,6 +282,40 @@ impl Runtime {
 
     /// Predicts a batch of preprocessed model inputs (`batch × sample_elements` values).
     pub fn predict(&mut self, input: &[f32], batch: usize) -> Result<Prediction, RuntimeError> {
+        let outputs =
+            Outputs { manifest: &self.manifest, statistics: self.statistics.as_deref(), discovery: &self.discovery };
+        outputs.predict(&mut self.current, input, batch)
+    }
+
+    /// Keeps a session with the model's own parameters beside the serving one, for
+    /// [`Runtime::predict_source`] (costs one more session's memory).
+    pub fn keep_source_session(&mut self) -> Result<(), RuntimeError> {
+        if self.source_session.is_none() {
+            self.source_session = Some(self.prepare_source()?);
+        }
+        Ok(())
+    }
+
+    /// Predicts a batch with the model's own parameters (version 0), if a source session is
+    /// kept ([`Runtime::keep_source_session`]).
+    pub fn predict_source(&mut self, input: &[f32], batch: usize) -> Result<Option<Prediction>, RuntimeError> {
+        let Some(source) = &mut self.source_session else { return Ok(None) };
+        let outputs =
+            Outputs { manifest: &self.manifest, statistics: self.statistics.as_deref(), discovery: &self.discovery };
+        outputs.predict(source, input, batch).map(Some)
+    }
+}
+
+/// What a run's outputs are read with.
+struct Outputs<'a> {
+    manifest: &'a Manifest,
+    statistics: Option<&'a [(String, String)]>,
+    discovery: &'a NormDiscovery,
+}
+
+impl Outputs<'_> {
+    /// Runs `session` on a batch of preprocessed inputs.
+    fn predict(&self, session: &mut PreparedSession, input: &[f32], batch: usize) -> Result<Prediction, RuntimeError> {
         let per_sample = self.manifest.sample_elements();
         let expected = batch * per_sample;
         if input.len() != expected || batch == 0 {
@@ -289,7 +326,7 @@ impl Runtime {
         let classes = self.manifest.num_classes();
         let output_name = self.manifest.output.name.as_str();
         let tensor = TensorRef::from_array_view((shape, input))?;
-        let outputs = self.current.session.run(ort::inputs![self.manifest.input.name.as_str() => tensor])?;
+        let outputs = session.session.run(ort::inputs![self.manifest.input.name.as_str() => tensor])?;
         let value = outputs
             .get(output_name)
             .ok_or_else(|| RuntimeError::Ort(format!("the model produced no output named `{output_name}`")))?;
@@ -304,8 +341,8 @@ impl Runtime {
             });
         }
         let logits = logits.to_vec();
-        let statistics = match &self.statistics {
-            Some(names) => Some(read_statistics(&outputs, &self.discovery, names)?),
+        let statistics = match self.statistics {
+            Some(names) => Some(read_statistics(&outputs, self.discovery, names)?),
             None => None,
         };
         let mut probs = vec![0.0; logits.len()];
@@ -316,16 +353,7 @@ impl Runtime {
             entropy.push(math::entropy_of_logits(row));
             class.push(math::argmax(row).unwrap_or(0));
         }
-        Ok(Prediction {
-            batch,
-            classes,
-            logits,
-            probs,
-            entropy,
-            class,
-            params_version: self.current.version,
-            statistics,
-        })
+        Ok(Prediction { batch, classes, logits, probs, entropy, class, params_version: session.version, statistics })
     }
 }
 

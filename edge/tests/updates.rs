@@ -81,6 +81,7 @@ fn updates_apply_exactly_and_invalid_ones_are_refused() {
         local_every: None,
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
+        guard: false,
     };
     let mut agent = Agent::open(runtime, &db, config).unwrap();
     let _link = agent.connect(

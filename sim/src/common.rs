@@ -183,6 +183,12 @@ pub(crate) fn cloud_config(
     )
 }
 
+/// Edge flags of a pacing: at a camera's pace (`realtime:`), the source guard (an update can
+/// arrive after the shift it was fitted to); none in lockstep.
+pub(crate) fn realtime_flags(pacing: &str) -> Vec<String> {
+    if pacing.starts_with("realtime:") { vec!["--guard".into(), "true".into()] } else { Vec::new() }
+}
+
 pub(crate) fn pct(x: f64) -> String {
     format!("{:.1}", 100.0 * x)
 }

@@ -92,15 +92,39 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
     println!("{table}");
     println!("wrote {}/summary.md, results.json, {plots}", dir.display());
     let cema = &means[1];
+    let per_pacing = pacing_figures(&streams, &pacings, &means);
     println!(
-        "none_accuracy={:.4} cema_accuracy={:.4} cema_minus_none={:.2} cema_uploaded={:.4} seconds={:.0}",
+        "none_accuracy={:.4} cema_accuracy={:.4} cema_minus_none={:.2} cema_uploaded={:.4} {} seconds={:.0}",
         means[0].accuracy(),
         cema.accuracy(),
         100.0 * (cema.accuracy() - means[0].accuracy()),
         cema.uploaded_fraction(),
+        per_pacing.join(" "),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Per pacing: its mean against none, and its worst segment (edge, corruption) against none,
+/// in points.
+fn pacing_figures(
+    streams: &[Vec<(String, Vec<Record>)>],
+    pacings: &[(String, String)],
+    means: &[Tally],
+) -> Vec<String> {
+    pacings
+        .iter()
+        .enumerate()
+        .map(|(p, (_, pacing))| {
+            let key = pacing.split(':').next().unwrap_or(pacing);
+            let harm = streams
+                .iter()
+                .filter_map(|runs| report::worst_segment_harm(&runs.get(p + 1)?.1, &runs[0].1))
+                .fold(f64::INFINITY, f64::min);
+            let minus_none = 100.0 * (means[p + 1].accuracy() - means[0].accuracy());
+            format!("{key}_minus_none={minus_none:.2} {key}_worst_segment_harm={:.2}", 100.0 * harm)
+        })
+        .collect()
 }
 
 /// One pacing's CEMA run: a cloud and one agent per corruption group, all at once. Per edge,
@@ -119,6 +143,7 @@ fn run_pacing(
     for (i, group) in groups.iter().enumerate() {
         let mut args = scenario_args(c, "continual", group, i as u64);
         args.extend(selector_flags(&c.selector)?);
+        args.extend(realtime_flags(pacing));
         specs.push(edge_spec(bins, &data, &format!("edge-{}", i + 1), "cema", student, pacing, args)?);
     }
     let cloud =
@@ -129,6 +154,11 @@ fn run_pacing(
     cloud.stop()?;
     let steps = fleet::metric(&metrics, "cema_cloud_steps_total").unwrap_or(0.0);
     let step_s = fleet::metric(&metrics, "cema_cloud_step_seconds_sum").unwrap_or(0.0) / steps.max(1.0);
+    let queue_age_p99 = report::histogram_quantile(&metrics, "cema_cloud_queue_age_seconds", 0.99);
+    let skipped = fleet::metric(&metrics, "cema_cloud_stale_skipped_total").unwrap_or(0.0);
+    eprintln!(
+        "CEMA, {label}: {steps} steps of {step_s:.3} s, queue age p99 ≤ {queue_age_p99} s, {skipped} stale samples left to replay"
+    );
     specs
         .iter()
         .map(|spec| {
@@ -139,6 +169,7 @@ fn run_pacing(
                 "updates_applied": summary.get("updates_applied"),
                 "upload_bytes": summary.get("upload_bytes"),
                 "cloud_steps": steps, "cloud_step_seconds": step_s,
+                "queue_age_p99_s": queue_age_p99, "stale_skipped": skipped,
             });
             Ok((result, records))
         })

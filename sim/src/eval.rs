@@ -12,6 +12,7 @@ use cema_sim::report::{self, Record, Tally};
 use serde_json::json;
 
 use crate::common::*;
+use crate::harm::{harm_table, worst_segment_harms};
 
 #[derive(clap::Args)]
 pub(crate) struct EvalArgs {
@@ -35,9 +36,14 @@ pub(crate) struct EvalArgs {
     /// Corruptions, comma-separated (default: the 15 benchmark corruptions).
     #[arg(long)]
     corruptions: Option<String>,
-    /// Edge agents running at once.
-    #[arg(long, default_value_t = 3)]
+    /// Edge agents running at once (with `realtime:` pacing, the load the cloud keeps up with).
+    #[arg(long, visible_alias = "edges", default_value_t = 3)]
     parallel: usize,
+    /// `lockstep` (the paper's protocol: batch t+1 waits for every update caused by batches ≤ t)
+    /// or `realtime:<images per second>` (each edge streams at a camera's pace and uses
+    /// whatever update has arrived: how users run the system).
+    #[arg(long, default_value = "lockstep")]
+    pacing: String,
     /// Idle replay steps per batch of the `uplink-budget-replay` method's cloud model (at most
     /// 16).
     #[arg(long, default_value_t = IDLE_REPLAY_STEPS)]
@@ -139,13 +145,13 @@ pub(crate) fn stream_device_id(method: &str, index: usize, suffix: &str) -> Stri
 pub(crate) const BUDGET: f64 = 0.25;
 
 /// One stream of the evaluation: a method on a protocol's corruptions, as one device.
-struct Stream {
-    method: String,
-    protocol: String,
+pub(crate) struct Stream {
+    pub(crate) method: String,
+    pub(crate) protocol: String,
     /// Scenario device number (the corruption's index on the independent protocol).
-    device: usize,
-    corruptions: Vec<Corruption>,
-    device_id: String,
+    pub(crate) device: usize,
+    pub(crate) corruptions: Vec<Corruption>,
+    pub(crate) device_id: String,
 }
 
 /// The tables and figures of an evaluation.
@@ -161,6 +167,8 @@ struct Tables {
     headline: Option<(f64, f64, f64)>,
     /// Mean accuracy and uploaded share per (method, protocol).
     means: report::Means,
+    /// Each method's worst segment against none.
+    harms: String,
 }
 
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
@@ -180,6 +188,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             bail!("protocol `{p}`: use independent or continual");
         }
     }
+    if args.pacing != "lockstep"
+        && !args.pacing.strip_prefix("realtime:").and_then(|f| f.parse::<f64>().ok()).is_some_and(|f| f > 0.0)
+    {
+        bail!("pacing `{}`: use lockstep or realtime:<images per second>", args.pacing);
+    }
     println!("run folder: {}", dir.display());
     let streams = plan_streams(&methods, &protocols, &corruptions, &c.selector)?;
     let data = dir.join("cloud");
@@ -188,6 +201,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let mut specs = Vec::new();
     let mut outputs: Vec<(usize, PathBuf, PathBuf)> = Vec::new(); // (stream, predictions, log)
     let mut records: Vec<Option<Vec<Record>>> = vec![None; streams.len()];
+    let pacing = args.pacing.clone();
     for (i, stream) in streams.iter().enumerate() {
         let proto = if stream.protocol == "independent" { Protocol::Independent } else { Protocol::Continual };
         if stream.method == "none" {
@@ -197,37 +211,74 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         let (flags, model) = method_setup(&stream.method, &c.selector)?;
         let mut args = scenario_args(c, &stream.protocol, &stream.corruptions, stream.device as u64);
         args.extend(flags);
-        let spec = edge_spec(&bins, &data, &stream.device_id, model, &student, "lockstep", args)?;
+        args.extend(realtime_flags(&pacing));
+        let spec = edge_spec(&bins, &data, &stream.device_id, model, &student, &pacing, args)?;
         outputs.push((i, spec.output.clone(), spec.data_dir.with_extension("log")));
         specs.push(spec);
     }
+    let mut cloud_metrics = String::new();
     if !specs.is_empty() {
         let idle_window = Some(args.idle_replay_window).filter(|&w| w > 0);
         let config = cloud_config(&student, &foundation, (args.idle_replay_steps, idle_window));
         let cloud = CloudProcess::start(&bins, &data, &config)?;
         eprintln!("{} adapted streams on cloud {} ({} at a time)", specs.len(), cloud.grpc, args.parallel);
         fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;
+        cloud_metrics = cloud.metrics().unwrap_or_default();
         cloud.stop()?;
     }
     let mut upload_bytes = vec![0u64; streams.len()];
+    let mut latencies_ms: Vec<Vec<f64>> = vec![Vec::new(); streams.len()];
     for (i, output, log) in outputs {
         records[i] = Some(report::read(&output)?);
         upload_bytes[i] = report::upload_bytes(&log)?;
+        let summary = report::edge_summary(&log);
+        latencies_ms[i] = summary.get("update_latency_p50_ms").and_then(|v| v.parse().ok()).into_iter().collect();
     }
-    let tables = tabulate(&streams, &records, &upload_bytes, &methods, &protocols, &corruptions, c.severity);
-    write_outputs(&dir, c, &tables, &streams, &records, (&methods, &protocols, &corruptions), started)?;
-    println!("{}{}", tables.accuracy, tables.uploads);
+    let harms = worst_segment_harms(&streams, &records);
+    let mut tables = tabulate(&streams, &records, &upload_bytes, &methods, &protocols, &corruptions, c.severity);
+    tables.harms = harm_table(&methods, &harms);
+    let plan = (&methods[..], &protocols[..], &corruptions[..], args.pacing.as_str());
+    write_outputs(&dir, c, &tables, &streams, &records, plan, started)?;
+    println!("{}{}{}", tables.accuracy, tables.uploads, tables.harms);
     println!("wrote {}/summary.md, results.json", dir.display());
+    println!("{}", closing_line(&tables, &harms, &streams, &latencies_ms, &cloud_metrics, &args.pacing, started));
+    Ok(())
+}
+
+/// The last line: cema-reference against none, the best method within the budget, the worst
+/// segment, and (real time) update latency and queue age.
+fn closing_line(
+    tables: &Tables,
+    harms: &std::collections::BTreeMap<String, f64>,
+    streams: &[Stream],
+    latencies_ms: &[Vec<f64>],
+    cloud_metrics: &str,
+    pacing: &str,
+    started: Instant,
+) -> String {
     let (cema, none, uploaded) = tables.headline.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
     let best = report::best_at_budget(&tables.means, BUDGET);
-    println!(
-        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} {} seconds={:.0}",
+    let harm = harms.get("cema-reference").copied().unwrap_or(f64::NAN);
+    // The median over cema-reference's streams of each stream's median update latency.
+    let mut latency: Vec<f64> = streams
+        .iter()
+        .zip(latencies_ms)
+        .filter(|(s, _)| s.method == "cema-reference")
+        .flat_map(|(_, l)| l.iter().copied())
+        .collect();
+    latency.sort_by(f64::total_cmp);
+    let latency_p50 = latency.get(latency.len() / 2).copied().unwrap_or(f64::NAN);
+    let queue_age_p99 = report::histogram_quantile(cloud_metrics, "cema_cloud_queue_age_seconds", 0.99);
+    format!(
+        "cema_minus_none={:.2} cema_uploaded={:.4} cema_accuracy={cema:.4} none_accuracy={none:.4} {} \
+         worst_segment_harm={:.2} update_latency_p50_ms={latency_p50:.0} queue_age_p99_s={queue_age_p99} pacing={} seconds={:.0}",
         100.0 * (cema - none),
         uploaded,
         best.map_or("best_method=none".to_owned(), |b| b.line()),
+        100.0 * harm,
+        pacing,
         started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    )
 }
 
 /// Every stream in evaluation order: per method, per protocol, one stream per corruption
@@ -339,28 +390,30 @@ fn write_outputs(
     tables: &Tables,
     streams: &[Stream],
     records: &[Option<Vec<Record>>],
-    (methods, protocols, corruptions): (&[String], &[String], &[Corruption]),
+    (methods, protocols, corruptions, pacing): (&[String], &[String], &[Corruption], &str),
     started: Instant,
 ) -> Result<()> {
     let summary = format!(
-        "# CEMA evaluation\n\nFashion-MNIST test streams, severity {}, {} samples per corruption, batch {}, seed {}, lockstep pacing.\n\
+        "# CEMA evaluation\n\nFashion-MNIST test streams, severity {}, {} samples per corruption, batch {}, seed {}, {} pacing.\n\
          Methods: none (edge model as shipped), bn-stats (cloud updates running statistics only, from all samples),\n\
          upload-all (CEMA's cloud on every sample), eata-select (EATA's selection with its published margin 0.05),\n\
-         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{}{}\nWall time: {:.0} s.\n",
+         cema-reference and cema-paper (cema-spec presets; selector overrides `{}`, chosen on the seed-1 validation stream).\n{}{}{}\nWall time: {:.0} s.\n",
         c.severity,
         c.samples_per_corruption.unwrap_or(320),
         c.batch,
         c.seed,
+        pacing,
         c.selector,
         tables.accuracy,
         tables.uploads,
+        tables.harms,
         started.elapsed().as_secs_f64()
     );
     std::fs::write(dir.join("summary.md"), &summary)?;
     let results = json!({
         "kind": "eval",
         "config": {"selector": c.selector, "severity": c.severity, "samples_per_corruption": c.samples_per_corruption.unwrap_or(320), "batch": c.batch,
-                   "seed": c.seed, "methods": methods, "protocols": protocols, "pacing": "lockstep",
+                   "seed": c.seed, "methods": methods, "protocols": protocols, "pacing": pacing,
                    "corruptions": corruptions.iter().map(|c| c.name()).collect::<Vec<_>>(), "models": c.models.display().to_string()},
         "results": tables.rows,
     });

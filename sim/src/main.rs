@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod demo;
 mod eval;
+mod harm;
 
 use clap::{Parser, Subcommand};
 

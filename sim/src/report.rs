@@ -86,6 +86,38 @@ pub fn by_corruption(records: &[Record]) -> (Vec<(String, Tally)>, Tally) {
     (order.into_iter().map(|c| (c.clone(), map[&c])).collect(), total)
 }
 
+/// The worst segment of an adapted stream against no adaptation on the same stream: the
+/// smallest accuracy difference (method − none, in [−1, 1]) over the corruptions both saw;
+/// `None` when they share none.
+pub fn worst_segment_harm(adapted: &[Record], none: &[Record]) -> Option<f64> {
+    let none: BTreeMap<String, Tally> = by_corruption(none).0.into_iter().collect();
+    by_corruption(adapted)
+        .0
+        .iter()
+        .filter_map(|(corruption, t)| none.get(corruption).map(|n| t.accuracy() - n.accuracy()))
+        .min_by(f64::total_cmp)
+}
+
+/// The `q` quantile bound of a Prometheus histogram in `metrics` text: the smallest `le` whose
+/// cumulative count reaches `q` of the total (NaN without observations).
+pub fn histogram_quantile(metrics: &str, name: &str, q: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    buckets.iter().find(|(_, cumulative)| *cumulative >= q * total).map_or(f64::INFINITY, |b| b.0)
+}
+
 /// A trailing average of `value` over up to `window` predictions (fewer at the start),
 /// sampled every `step`.
 pub fn moving(records: &[Record], window: usize, step: usize, value: impl Fn(&Record) -> f64) -> Vec<(f64, f64)> {
@@ -218,5 +250,38 @@ mod tests {
         // Against the random subsample at the same budget, not random-half: min(3, 1) points.
         assert!((best.vs_random - 1.0).abs() < 1e-9, "{best:?}");
         assert!(best_at_budget(&m, 0.1).is_none());
+    }
+
+    fn record(position: usize, corruption: &str, correct: bool) -> Record {
+        let id = format!("{position}:{corruption}:5");
+        Record { id, class: 1, label: Some(if correct { 1 } else { 0 }), params_version: 0, uploaded: false }
+    }
+
+    #[test]
+    fn the_worst_segment_is_the_largest_loss_against_none_on_the_same_corruption() {
+        // none: fog 2/4, snow 3/4; adapted: fog 4/4 (+50 points), snow 1/4 (−50 points).
+        let none: Vec<Record> = [true, true, false, false]
+            .iter()
+            .map(|&c| record(0, "fog", c))
+            .chain([true, true, true, false].iter().map(|&c| record(4, "snow", c)))
+            .collect();
+        let adapted: Vec<Record> = [true; 4]
+            .iter()
+            .map(|&c| record(0, "fog", c))
+            .chain([true, false, false, false].iter().map(|&c| record(4, "snow", c)))
+            .collect();
+        let harm = worst_segment_harm(&adapted, &none).expect("shared corruptions");
+        assert!((harm - (-0.5)).abs() < 1e-12, "{harm}");
+        assert!(worst_segment_harm(&adapted[..4], &none[4..]).is_none(), "no corruption in common");
+    }
+
+    #[test]
+    fn histogram_quantiles_are_the_bucket_bound_that_reaches_the_share() {
+        let text = "# TYPE a histogram\na_bucket{le=\"0.5\"} 90\na_bucket{le=\"1\"} 98\na_bucket{le=\"5\"} 100\n\
+                    a_bucket{le=\"+Inf\"} 100\na_sum 40\na_count 100\n";
+        assert_eq!(histogram_quantile(text, "a", 0.5), 0.5);
+        assert_eq!(histogram_quantile(text, "a", 0.98), 1.0);
+        assert_eq!(histogram_quantile(text, "a", 0.99), 5.0);
+        assert!(histogram_quantile("", "a", 0.99).is_nan());
     }
 }
