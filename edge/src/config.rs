@@ -245,7 +245,9 @@ impl EdgeConfig {
 
     fn from_table(table: toml::Table, layer: &str) -> Result<Self, ConfigError> {
         let invalid = |detail: String| ConfigError::Invalid { layer: layer.to_owned(), detail };
-        let config: Self = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| invalid(e.to_string()))?;
+        // One line: serde's message, then where (`in `key``).
+        let one_line = |e: toml::de::Error| e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+        let config: Self = toml::Value::Table(table).try_into().map_err(|e| invalid(one_line(e)))?;
         let problems = config.problems();
         if problems.is_empty() { Ok(config) } else { Err(invalid(problems.join("; "))) }
     }
