@@ -283,16 +283,18 @@ impl Engine {
         let mut state = self.store.state(scope)?.unwrap_or_else(|| adapter.initial_state());
         let cloud_batch = adapter.config().cloud_batch;
         let new = (samples.len() >= cloud_batch).then(|| &samples[..cloud_batch]);
+        let finishes_batch = samples.len() < 2 * cloud_batch;
         let input = RoundInput {
             version: meta.version,
             new: new.map(|new| decode_all(&handle.model, new.iter().map(|(_, e)| e))).transpose()?,
-            finishes_batch: samples.len() < 2 * cloud_batch,
+            finishes_batch,
             first_batch_statistics: marker_entry.statistics.as_ref().map(stored_statistics).transpose()?,
-            batch_statistics: marker_entry.batch_statistics.as_ref().map(stored_statistics).transpose()?,
+            // The round uses a batch's statistics only in the round that finishes it.
+            batch_statistics: match &marker_entry.batch_statistics {
+                Some(statistics) if finishes_batch => Some(stored_statistics(statistics)?),
+                _ => None,
+            },
         };
-        if let Some(new) = new {
-            observe_queue_age(&self.metrics, new.iter().map(|(_, e)| e));
-        }
         let mut replay = StoredReplay { store: &self.store, scope, meta: &meta, model: &handle.model };
         let work_waiting = || handle.scheduled.load(Ordering::Acquire);
         let outcome = adapter.round(&mut state, &input, &mut replay, &work_waiting)?;
@@ -310,6 +312,10 @@ impl Engine {
             .filter(|_| commit.new_version)
             .map(|s| cema_proto::norm_params_to_wire(&s.student, &scope.to_string()));
         let meta = self.store.commit(scope, &commit, handle.model.keep_versions)?;
+        // After the commit, so a round that fails and runs again counts its samples once.
+        if let Some(new) = new {
+            observe_queue_age(&self.metrics, new.iter().map(|(_, e)| e));
+        }
         if let Some(seconds) = outcome.step_seconds {
             self.metrics.steps.inc();
             self.metrics.step_seconds.observe(seconds);

@@ -110,24 +110,6 @@ impl Histogram {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0.iter().sum()
     }
 
-    /// The smallest bucket bound at or below which a share `q` of the observations lie
-    /// (infinity if above the last bound, NaN without observations).
-    pub fn quantile_bound(&self, q: f64) -> f64 {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let total: u64 = state.0.iter().sum();
-        if total == 0 {
-            return f64::NAN;
-        }
-        let mut cumulative = 0;
-        for (i, n) in state.0.iter().enumerate() {
-            cumulative += n;
-            if cumulative as f64 >= q * total as f64 {
-                return self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            }
-        }
-        f64::INFINITY
-    }
-
     /// The Prometheus text of the histogram.
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -66,7 +66,7 @@ pub(crate) fn demo(args: DemoArgs) -> Result<()> {
     let summary = format!(
         "# CEMA demo\n\n{} edges, continual Fashion-MNIST streams at severity {}, {} samples per corruption, batch {}, seed {}, selector overrides `{}`.\n\
          Accuracy (%) of the predictions served, before each update (lockstep: batch t+1 uses every update caused by batches ≤ t;\n\
-         real time: each edge streams at {} images/s and uses whatever has arrived).\n\n{table}\n\
+         real time: each edge streams at {} images/s, uses whatever has arrived, with the source guard).\n\n{table}\n\
          ![accuracy](accuracy.png)\n\n![uploads](uploads.png)\n\nWall time: {:.0} s.\n",
         edges,
         c.severity,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use cema_edge::config::PacingSpec;
 use cema_shift::{Corruption, Protocol};
 use cema_sim::fleet::{self, Binaries, CloudProcess};
 use cema_sim::plot;
@@ -188,10 +189,10 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             bail!("protocol `{p}`: use independent or continual");
         }
     }
-    if args.pacing != "lockstep"
-        && !args.pacing.strip_prefix("realtime:").and_then(|f| f.parse::<f64>().ok()).is_some_and(|f| f > 0.0)
-    {
-        bail!("pacing `{}`: use lockstep or realtime:<images per second>", args.pacing);
+    // The edge's own parser; `free` pacing has no place in an evaluation.
+    match PacingSpec::try_from(args.pacing.clone()) {
+        Ok(PacingSpec::Lockstep | PacingSpec::Realtime(_)) => {}
+        _ => bail!("pacing `{}`: use lockstep or realtime:<images per second>", args.pacing),
     }
     println!("run folder: {}", dir.display());
     let streams = plan_streams(&methods, &protocols, &corruptions, &c.selector)?;
