@@ -1,6 +1,11 @@
 //! `cema-cloud`: the operators' command: the service, device identity, TLS material, state
 //! (parameter versions, backups). Model tools live in `cema-model` (`tools/`).
 
+/// burn allocates a buffer per tensor operation; mimalloc reuses freed ones where glibc
+/// returns them to the kernel and faults them back in (see `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

@@ -8,7 +8,7 @@ use cema_core::{NormLayer, NormParams, NormTensor, OnnxModel};
 
 use crate::error::{GraphError, ShapeError};
 use crate::norm::{BatchStats, NormMode, normalise};
-use crate::ops::{Value, apply};
+use crate::ops::{Tape, Value, apply};
 use crate::plan::{Op, Plan};
 
 /// Which stored tensors receive gradients.
@@ -107,6 +107,7 @@ impl Graph {
         let mut values: Vec<Option<Value>> = self.stored.clone();
         values[self.plan.input] = Some(Value { t: input, rank: 4 });
         let mut batch_stats = vec![None; self.norm.len()];
+        let tape = if self.trainable.contains(&true) { Tape::On } else { Tape::Off };
         for step in &self.plan.steps {
             let shape = |source: ShapeError| GraphError::Shape { node: step.node.clone(), source };
             let args: Vec<Value> = step
@@ -126,7 +127,7 @@ impl Graph {
                     batch_stats[*layer] = stats;
                     value
                 }
-                op => apply(op, args).map_err(shape)?,
+                op => apply(op, args, tape).map_err(shape)?,
             };
             values[step.output] = Some(out);
         }

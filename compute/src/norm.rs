@@ -66,36 +66,46 @@ pub(crate) fn normalise(
     let [gamma, beta, running_mean, running_var] = params.map(|p| p.reshape(shape));
     let eps = layer.epsilon;
     let running_std = running_var.add_scalar(eps).sqrt();
+    // Every mode is `y = x̂·a + b` with per-channel `a`, `b`: two passes over the activations
+    // instead of one per term of the formula, and the same function (and gradients) as written
+    // in the module docs.
     let x_t = x.t.clone();
     let (y, stats) = match mode {
-        NormMode::Inference => (x_t.sub(running_mean).div(running_std).mul(gamma).add(beta), None),
+        NormMode::Inference => {
+            let a = gamma.div(running_std);
+            let b = beta.sub(running_mean.mul(a.clone()));
+            (x_t.mul(a).add(b), None)
+        }
         NormMode::Tbr | NormMode::TbrFirstBatch | NormMode::Batch => {
             let per_channel = dims.iter().product::<usize>() / channels;
             if per_channel < 2 {
                 return Err(ShapeError::TooFewForStatistics);
             }
-            let flat: Tensor<2> = x_t.clone().swap_dims(0, axis).reshape([channels, per_channel]);
-            let mean = flat.clone().mean_dim(1).reshape(shape);
-            if mode == NormMode::Batch {
-                let unbiased = flat.var(1).reshape(shape);
-                // One reduction serves both: biased = unbiased · (M − 1)/M.
-                let var = unbiased.clone().mul_scalar((per_channel - 1) as f64 / per_channel as f64);
-                let y = x_t.sub(mean.clone()).div(var.add_scalar(eps).sqrt()).mul(gamma).add(beta);
-                (y, Some(BatchStats { mean: mean.detach(), var: unbiased.detach() }))
-            } else if mode == NormMode::TbrFirstBatch {
-                let var = flat.var(1).reshape(shape);
-                let y = x_t.sub(mean.clone()).div(var.clone().add_scalar(eps).sqrt()).mul(gamma).add(beta);
-                (y, Some(BatchStats { mean: mean.detach(), var: var.detach() }))
-            } else {
-                let var = flat.var(1).reshape(shape);
-                let batch_std = var.clone().add_scalar(eps).sqrt();
-                let r = batch_std.clone().detach().div(running_std.clone());
-                let d = mean.clone().detach().sub(running_mean).div(running_std);
-                let normalised = x_t.sub(mean.clone()).div(batch_std);
-                let y = normalised.mul(r).add(d).mul(gamma).add(beta);
-                (y, Some(BatchStats { mean: mean.detach(), var: var.detach() }))
-            }
+            let mean = channel_mean(x_t.clone(), x.rank);
+            let centred = x_t.sub(mean.clone());
+            let biased = channel_mean(centred.clone().square(), x.rank);
+            let unbiased = biased.clone().mul_scalar(per_channel as f64 / (per_channel - 1) as f64);
+            let stats = Some(BatchStats { mean: mean.clone().detach(), var: unbiased.clone().detach() });
+            let y = match mode {
+                NormMode::Batch => centred.mul(gamma.div(biased.add_scalar(eps).sqrt())).add(beta),
+                NormMode::TbrFirstBatch => centred.mul(gamma.div(unbiased.add_scalar(eps).sqrt())).add(beta),
+                _ => {
+                    // γ·(r·(x − μ_b)/s_b + d) + β with r = sg(s_b)/s_r, d = (sg(μ_b) − μ_r)/s_r.
+                    let batch_std = unbiased.add_scalar(eps).sqrt();
+                    let r = batch_std.clone().detach().div(running_std.clone());
+                    let d = mean.detach().sub(running_mean).div(running_std);
+                    let a = gamma.clone().mul(r).div(batch_std);
+                    centred.mul(a).add(gamma.mul(d).add(beta))
+                }
+            };
+            (y, stats)
         }
     };
     Ok((Value { t: y, rank: x.rank }, stats))
+}
+
+/// Per-channel mean over every other axis: `[1, C, 1, 1]` of an `[N, C, H, W]` value, `[1, 1, 1, C]`
+/// of an `[N, C]` one (stored `[1, 1, N, C]`).
+fn channel_mean(t: Tensor<4>, rank: usize) -> Tensor<4> {
+    if rank == 4 { t.mean_dim(0).mean_dim(2).mean_dim(3) } else { t.mean_dim(2) }
 }

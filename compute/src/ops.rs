@@ -6,9 +6,11 @@
 //! of rank-2 values become batched products of one matrix.
 
 use burn::Tensor;
+use burn::tensor::TensorData;
 use burn::tensor::activation;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
+use rayon::prelude::*;
 
 use crate::error::ShapeError;
 use crate::plan::{Op, Window};
@@ -97,8 +99,18 @@ fn two(args: Vec<Value>) -> Result<[Value; 2], ShapeError> {
     <[Value; 2]>::try_from(args).map_err(|args| ShapeError::InputCount { expected: 2, actual: args.len() })
 }
 
+/// Whether an operator may read its inputs' values (a graph without autodiff), or must stay
+/// on burn's recorded operations so gradients flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tape {
+    /// Nothing is learnt from this forward pass.
+    Off,
+    /// Gradients may be asked for.
+    On,
+}
+
 /// Runs one operator (normalisation is the graph's, `norm.rs`).
-pub(crate) fn apply(op: &Op, args: Vec<Value>) -> Result<Value, ShapeError> {
+pub(crate) fn apply(op: &Op, args: Vec<Value>, tape: Tape) -> Result<Value, ShapeError> {
     match op {
         Op::Relu | Op::Sigmoid | Op::HardSigmoid { .. } | Op::Clip { .. } | Op::Identity => {
             let v = first(&args)?;
@@ -115,7 +127,7 @@ pub(crate) fn apply(op: &Op, args: Vec<Value>) -> Result<Value, ShapeError> {
             };
             Ok(Value { t, rank })
         }
-        Op::Conv { .. } | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => spatial(op, &args),
+        Op::Conv { .. } | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => spatial(op, &args, tape),
         Op::Gemm { .. } | Op::MatMul => matrix(op, args),
         Op::Flatten { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Concat { .. } => layout(op, args),
         Op::Reduce { mean, axes, keepdims } => reduce(first(&args)?, *mean, axes, *keepdims),
@@ -145,7 +157,7 @@ fn activation_of(op: &Op, t: Tensor<4>) -> Tensor<4> {
 }
 
 /// Convolution and pooling over `[N, C, H, W]`.
-fn spatial(op: &Op, args: &[Value]) -> Result<Value, ShapeError> {
+fn spatial(op: &Op, args: &[Value], tape: Tape) -> Result<Value, ShapeError> {
     let x = first_rank4(args)?;
     let t = match op {
         Op::Conv { window, groups } => {
@@ -157,7 +169,18 @@ fn spatial(op: &Op, args: &[Value]) -> Result<Value, ShapeError> {
                 let channels = b.dims().iter().product::<usize>();
                 b.t.clone().reshape([channels])
             });
-            conv2d(x, weight.t.clone(), bias, conv_options(window, *groups))
+            // burn's im2col writes element by element; rows copied as slices make the frozen
+            // forward (teacher logits, evaluation) faster. 1×1 and grouped convolutions have
+            // burn's own direct paths.
+            let fits = |axis: usize| {
+                let (begin, end) = window.padding[axis];
+                x.dims()[2 + axis] + begin + end > window.dilation[axis] * (window.kernel[axis] - 1)
+            };
+            if tape == Tape::Off && *groups == 1 && window.kernel != [1, 1] && fits(0) && fits(1) {
+                conv_by_columns(x, weight.t.clone(), bias, window)
+            } else {
+                conv2d(x, weight.t.clone(), bias, conv_options(window, *groups))
+            }
         }
         Op::MaxPool { window, ceil } => {
             let mut options = MaxPoolOptions::new(window.kernel);
@@ -276,4 +299,106 @@ fn reshape_target(dims: &[usize], shape: &[i64]) -> Result<Vec<usize>, ShapeErro
         return Err(impossible());
     }
     Ok(target)
+}
+
+/// A convolution as one matrix product over columns built from the input's rows:
+/// `[N, C·kh·kw, H'·W']` times the weight `[Cout, C·kh·kw]`. Reads the input's values, so no
+/// gradient flows through it: for graphs without autodiff.
+fn conv_by_columns(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, window: &Window) -> Tensor<4> {
+    let device = x.device();
+    let [n, c, h, w] = x.dims();
+    let [cout, _, kh, kw] = weight.dims();
+    let [(top, bottom), (left, right)] = window.padding;
+    let [sh, sw] = window.stride;
+    let [dh, dw] = window.dilation;
+    let out_h = (h + top + bottom - dh * (kh - 1) - 1) / sh + 1;
+    let out_w = (w + left + right - dw * (kw - 1) - 1) / sw + 1;
+    let input = match x.clone().into_data().try_into_vec::<f32>() {
+        Ok(input) => input,
+        Err(_) => {
+            return conv2d(
+                x,
+                weight,
+                bias,
+                ConvOptions::new_with_padding(window.stride, window.padding, window.dilation, 1),
+            );
+        }
+    };
+    let rows = c * kh * kw;
+    let plane = out_h * out_w;
+    let mut columns = vec![0.0f32; n * rows * plane];
+    columns.par_chunks_mut(rows * plane).enumerate().for_each(|(image, cols)| {
+        for ch in 0..c {
+            let src = &input[(image * c + ch) * h * w..][..h * w];
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = &mut cols[((ch * kh + i) * kw + j) * plane..][..plane];
+                    let shift_x = (j * dw) as isize - left as isize;
+                    // Output columns whose input column lies inside the image.
+                    let first = (0..out_w).find(|&ox| (ox * sw) as isize + shift_x >= 0).unwrap_or(out_w);
+                    let last =
+                        (0..out_w).rev().find(|&ox| ((ox * sw) as isize + shift_x) < w as isize).map_or(0, |v| v + 1);
+                    for oy in 0..out_h {
+                        let iy = (oy * sh + i * dh) as isize - top as isize;
+                        if iy < 0 || iy >= h as isize || first >= last {
+                            continue;
+                        }
+                        let src_row = &src[iy as usize * w..][..w];
+                        let dst = &mut row[oy * out_w..][..out_w];
+                        let start = ((first * sw) as isize + shift_x) as usize;
+                        if sw == 1 {
+                            dst[first..last].copy_from_slice(&src_row[start..start + last - first]);
+                        } else {
+                            for (k, v) in dst[first..last].iter_mut().enumerate() {
+                                *v = src_row[start + k * sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let columns: Tensor<3> = Tensor::from_data(TensorData::new(columns, [n, rows, plane]), &device);
+    let kernel: Tensor<3> = weight.reshape([1, cout, rows]);
+    let mut y = kernel.matmul(columns);
+    if let Some(b) = bias {
+        y = y.add(b.reshape([1, cout, 1]));
+    }
+    y.reshape([n, cout, out_h, out_w])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{batch, cpu, values};
+    use cema_core::onnx::generate::SplitMix64;
+
+    /// The frozen path's columns give burn's convolution for strides, dilations, uneven
+    /// padding and kernels that are not square.
+    #[test]
+    fn convolution_by_columns_matches_burn() {
+        let device = cpu();
+        let cases = [
+            ([3, 3], [1, 1], [(1, 1), (1, 1)], [1, 1]),
+            ([3, 3], [2, 2], [(1, 1), (1, 1)], [1, 1]),
+            ([3, 2], [2, 1], [(0, 2), (1, 0)], [1, 1]),
+            ([3, 3], [1, 2], [(2, 2), (0, 1)], [2, 2]),
+            ([5, 5], [3, 3], [(0, 0), (0, 0)], [1, 1]),
+        ];
+        for (case, (kernel, stride, padding, dilation)) in cases.into_iter().enumerate() {
+            let mut rng = SplitMix64::new(case as u64);
+            let (n, c, h, w, cout) = (2, 3, 11, 9, 4);
+            let x = batch(&rng.vec(n * c * h * w, -1.0, 1.0), [n, c, h, w], &device);
+            let weight =
+                batch(&rng.vec(cout * c * kernel[0] * kernel[1], -1.0, 1.0), [cout, c, kernel[0], kernel[1]], &device);
+            let bias: Tensor<1> = Tensor::from_data(TensorData::new(rng.vec(cout, -1.0, 1.0), [cout]), &device);
+            let window = Window { kernel, stride, padding, dilation };
+            let expected = conv2d(x.clone(), weight.clone(), Some(bias.clone()), conv_options(&window, 1));
+            let actual = conv_by_columns(x, weight, Some(bias), &window);
+            assert_eq!(actual.dims(), expected.dims(), "case {case}");
+            for (a, e) in values(actual).iter().zip(values(expected)) {
+                assert!((a - e).abs() <= 1e-4, "case {case}: {a} vs {e}");
+            }
+        }
+    }
 }

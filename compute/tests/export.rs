@@ -30,6 +30,14 @@ fn trained_weights_export_to_a_model_ort_runs_identically() {
         assert_ne!(graph.stored_values(name).expect(name), original(name), "{name} did not change");
     }
     let reloaded = OnnxModel::decode(&exported.encode()).expect("valid ONNX");
+    let exported_values = |name: &str| cema_core::onnx::read_f32(reloaded.initializer(name).expect(name)).expect("f32");
+    for name in graph.initializer_names() {
+        assert_eq!(
+            exported_values(name),
+            graph.stored_values(name).expect(name),
+            "the exported {name} is the trained one"
+        );
+    }
 
     let x = SplitMix64::new(99).vec(2 * 144, -1.0, 1.0);
     let inference = Graph::load(&reloaded, &cpu(), Trainable::None).expect("load exported");
@@ -45,7 +53,9 @@ fn trained_weights_export_to_a_model_ort_runs_identically() {
     let scale = ort.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
     for ((o, b), t) in ort.iter().zip(&burn).zip(&trained) {
         assert!((o - b).abs() / scale <= 1e-4, "ORT {o} vs burn {b}");
-        assert_eq!(b, t, "the exported model is the trained graph");
+        // The frozen graph builds its convolutions' columns itself, the trained one through
+        // burn: the same products summed in another order.
+        assert!((b - t).abs() / scale <= 1e-5, "frozen graph {b} vs trained graph {t}");
     }
 }
 

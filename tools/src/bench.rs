@@ -68,11 +68,24 @@ fn pretrain_rate(model: &OnnxModel, n: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / seconds)
 }
 
-/// Seconds of one CEMA cloud step with the real adaptation engine: a foundation step on 32
-/// new samples and a distillation step on those 32 plus 96 replayed (the full step once the
-/// replay buffer holds 256).
-fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> anyhow::Result<f64> {
-    use cema_compute::adapt::{AdaptConfig, Adapter};
+/// Seconds of one CEMA cloud step with the real adaptation engine, by phase.
+#[derive(Debug, Clone, Copy)]
+struct StepPhases {
+    /// Foundation step on the 32 new samples (forward in TBR, backward, SGD).
+    foundation: f64,
+    /// Teacher logits of the 128 samples (the foundation model in inference mode).
+    teacher: f64,
+    /// The distillation step (teacher logits, edge model forward in TBR, backward, SGD).
+    distill: f64,
+    /// A whole step: foundation step, then distillation.
+    total: f64,
+}
+
+/// A CEMA cloud step with the real adaptation engine: a foundation step on 32 new samples and
+/// a distillation step on those 32 plus 96 replayed (the full step once the replay buffer
+/// holds 256), whole and by phase.
+fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str) -> anyhow::Result<StepPhases> {
+    use cema_compute::adapt::{AdaptConfig, AdaptError, Adapter};
     use cema_core::SampleValues;
     let manifest = cema_core::Manifest::parse(manifest)?;
     let mut adapter = Adapter::new((student, &manifest), (foundation, &manifest), AdaptConfig::default())?;
@@ -83,17 +96,36 @@ fn cema_step_seconds(student: &OnnxModel, foundation: &OnnxModel, manifest: &str
     let new: Vec<&SampleValues> = samples[..32].iter().collect();
     let all: Vec<&SampleValues> = samples.iter().collect();
     let mut state = adapter.initial_state();
-    let mut failure = None;
-    let seconds = median_seconds(|| {
-        let step = adapter.foundation_step(&mut state, &new).and_then(|_| adapter.distill_step(&mut state, &all));
-        if let Err(e) = step {
-            failure = Some(e);
-        }
-    });
+    let mut failure: Option<AdaptError> = None;
+    let mut measure = |run: &mut dyn FnMut(&mut Adapter) -> Result<(), AdaptError>| {
+        median_seconds(|| {
+            if let Err(e) = run(&mut adapter) {
+                failure = Some(e);
+            }
+        })
+    };
+    let mut phases = StepPhases {
+        total: measure(&mut |a| {
+            a.foundation_step(&mut state, &new).and_then(|_| a.distill_step(&mut state, &all).map(drop))
+        }),
+        foundation: 0.0,
+        teacher: 0.0,
+        distill: 0.0,
+    };
+    phases.foundation = measure(&mut |a| a.foundation_step(&mut state, &new).map(drop));
+    phases.teacher = measure(&mut |a| a.foundation_logits(&state, &all).map(drop));
+    phases.distill = measure(&mut |a| a.distill_step(&mut state, &all).map(drop));
     match failure {
         Some(e) => Err(e.into()),
-        None => Ok(seconds),
+        None => Ok(phases),
     }
+}
+
+fn print_phases(what: &str, p: &StepPhases) {
+    println!(
+        "CEMA step, {what}: {:.3} s (foundation step on 32 {:.3} s; distillation on 128 {:.3} s, of which teacher forward {:.3} s)",
+        p.total, p.foundation, p.distill, p.teacher
+    );
 }
 
 const MOBILE_MANIFEST: &str = "[input]\nname = \"x\"\nshape = [3, 224, 224]\nlayout = \"nchw\"\npixels = \"u8\"\n\n\
@@ -118,10 +150,11 @@ pub fn bench_compute() -> anyhow::Result<String> {
     let foundation_train = pretrain_rate(&foundation, 64)?;
     println!("pretraining step, batch 64: student {student_train:.0} img/s, foundation {foundation_train:.0} img/s");
     let step = cema_step_seconds(&student, &foundation, &crate::builtin::BuiltIn::Student.manifest_toml(&[]))?;
-    println!("CEMA step (foundation step on 32 + distillation on 32 new and 96 replayed), built-ins: {step:.3} s");
+    print_phases("built-ins", &step);
     let mobile = mobile_224(3)?;
     let step_224 = cema_step_seconds(&mobile, &mobile, MOBILE_MANIFEST)?;
-    println!("CEMA step, 224-px depthwise CNN as student and foundation: {step_224:.3} s");
+    print_phases("224-px depthwise CNN as edge and foundation model", &step_224);
+    let (step, step_224) = (step.total, step_224.total);
     Ok(format!(
         "forward_vs_ort={ratio:.3} step_seconds={step:.3} step_seconds_224={step_224:.3} pretrain_student_img_per_s={student_train:.0} pretrain_foundation_img_per_s={foundation_train:.0}"
     ))

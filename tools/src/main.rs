@@ -2,6 +2,11 @@
 //! (`eval`), train the built-in models (`pretrain`), write zoo architectures (`zoo`), and what
 //! the cloud's compute and ingest cost (`bench`). The service itself is `cema-cloud`.
 
+/// burn allocates a buffer per tensor operation; mimalloc reuses freed ones where glibc
+/// returns them to the kernel and faults them back in (see `Cargo.toml`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

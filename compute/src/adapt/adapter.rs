@@ -6,7 +6,9 @@ use cema_core::{Manifest, NormParams, OnnxModel, SampleValues};
 
 use super::{AdaptConfig, AdaptError, StatsInit, StudentStatistics};
 use crate::loss::{DistillWeights, distillation, weighted_entropy};
-use crate::{Graph, NormMode, Sgd, Trainable, batch, cpu_autodiff, values};
+use burn::tensor::{Device, TensorData};
+
+use crate::{Graph, NormMode, Sgd, Trainable, batch, cpu, cpu_autodiff, values};
 
 /// One scope's adaptation state.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +61,10 @@ pub struct DistillReport {
 pub struct Adapter {
     student: Graph,
     foundation: Graph,
+    /// The same models without autodiff, for forward passes nothing is learnt from (the
+    /// teacher's logits, evaluation): no tape is recorded and no activation kept for a backward.
+    student_frozen: Graph,
+    foundation_frozen: Graph,
     student_manifest: Manifest,
     foundation_manifest: Manifest,
     source_state: ScopeState,
@@ -86,13 +92,15 @@ impl Adapter {
         if student.1.classes.names != foundation.1.classes.names {
             return Err(AdaptError::ClassesDiffer);
         }
-        let device = cpu_autodiff();
-        let load = |(model, manifest): (&OnnxModel, &Manifest), role: &'static str| {
+        let load = |(model, manifest): (&OnnxModel, &Manifest), role: &'static str, trainable: Trainable| {
             manifest.check_model(model).map_err(|source| AdaptError::Manifest { role, source })?;
-            Graph::load(model, &device, Trainable::NormAffine).map_err(|source| AdaptError::Load { role, source })
+            let device = if trainable == Trainable::None { cpu() } else { cpu_autodiff() };
+            Graph::load(model, &device, trainable).map_err(|source| AdaptError::Load { role, source })
         };
-        let student_graph = load(student, "edge")?;
-        let foundation_graph = load(foundation, "foundation")?;
+        let student_graph = load(student, "edge", Trainable::NormAffine)?;
+        let foundation_graph = load(foundation, "foundation", Trainable::NormAffine)?;
+        let student_frozen = load(student, "edge", Trainable::None)?;
+        let foundation_frozen = load(foundation, "foundation", Trainable::None)?;
         if student_graph.norm_layers().is_empty() {
             return Err(AdaptError::NothingToAdapt);
         }
@@ -108,6 +116,8 @@ impl Adapter {
         Ok(Self {
             student: student_graph,
             foundation: foundation_graph,
+            student_frozen,
+            foundation_frozen,
             student_manifest: student.1.clone(),
             foundation_manifest: foundation.1.clone(),
             source_state,
@@ -134,7 +144,7 @@ impl Adapter {
     /// The foundation step on new samples: `L_f` with TBR, SGD, running-statistics update.
     /// Returns `L_f` before the update.
     pub fn foundation_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<f32, AdaptError> {
-        let input = self.input(&self.foundation_manifest, samples)?;
+        let input = self.input(&self.foundation_manifest, samples, self.foundation.device())?;
         let graph = &mut self.foundation;
         graph.load_norm_params(&state.foundation)?;
         let first = self.config.stats_init == StatsInit::FirstBatch && !state.foundation_stats_set;
@@ -158,12 +168,10 @@ impl Adapter {
         state: &mut ScopeState,
         samples: &[&SampleValues],
     ) -> Result<DistillReport, AdaptError> {
-        let teacher_input = self.input(&self.foundation_manifest, samples)?;
-        self.foundation.load_norm_params(&state.foundation)?;
-        let teacher = self.foundation.forward(teacher_input, NormMode::Inference)?;
-        let teacher_logits = teacher.logits.detach();
+        let teacher = self.foundation_logits(state, samples)?;
+        let teacher_logits = batch_logits(teacher, samples.len(), self.student.device());
 
-        let input = self.input(&self.student_manifest, samples)?;
+        let input = self.input(&self.student_manifest, samples, self.student.device())?;
         let graph = &mut self.student;
         graph.load_norm_params(&state.student)?;
         // With the statistics uplink the edge model's statistics come from the edges alone.
@@ -225,7 +233,7 @@ impl Adapter {
     /// The `bn-stats` baseline: the edge model's running statistics take a TBR momentum
     /// update from the samples; nothing is trained.
     pub fn statistics_step(&mut self, state: &mut ScopeState, samples: &[&SampleValues]) -> Result<(), AdaptError> {
-        let input = self.input(&self.student_manifest, samples)?;
+        let input = self.input(&self.student_manifest, samples, self.student.device())?;
         let graph = &mut self.student;
         graph.load_norm_params(&state.student)?;
         let forward = graph.forward(input, NormMode::Tbr)?;
@@ -236,22 +244,22 @@ impl Adapter {
 
     /// The edge model's logits for samples under a scope's parameters (inference mode).
     pub fn student_logits(&mut self, state: &ScopeState, samples: &[&SampleValues]) -> Result<Vec<f32>, AdaptError> {
-        let input = self.input(&self.student_manifest, samples)?;
-        self.student.load_norm_params(&state.student)?;
-        let forward = self.student.forward(input, NormMode::Inference)?;
-        Ok(values(forward.logits.detach()))
+        let input = self.input(&self.student_manifest, samples, self.student_frozen.device())?;
+        self.student_frozen.load_norm_params(&state.student)?;
+        let forward = self.student_frozen.forward(input, NormMode::Inference)?;
+        Ok(values(forward.logits))
     }
 
     /// The foundation model's logits for samples under a scope's parameters (inference mode).
     pub fn foundation_logits(&mut self, state: &ScopeState, samples: &[&SampleValues]) -> Result<Vec<f32>, AdaptError> {
-        let input = self.input(&self.foundation_manifest, samples)?;
-        self.foundation.load_norm_params(&state.foundation)?;
-        let forward = self.foundation.forward(input, NormMode::Inference)?;
-        Ok(values(forward.logits.detach()))
+        let input = self.input(&self.foundation_manifest, samples, self.foundation_frozen.device())?;
+        self.foundation_frozen.load_norm_params(&state.foundation)?;
+        let forward = self.foundation_frozen.forward(input, NormMode::Inference)?;
+        Ok(values(forward.logits))
     }
 
     /// Model input `[N, …input shape]` from raw samples, preprocessed by `manifest`.
-    fn input(&self, manifest: &Manifest, samples: &[&SampleValues]) -> Result<Tensor<4>, AdaptError> {
+    fn input(&self, manifest: &Manifest, samples: &[&SampleValues], device: &Device) -> Result<Tensor<4>, AdaptError> {
         let per_sample = manifest.sample_elements();
         let mut values = Vec::with_capacity(samples.len() * per_sample);
         for sample in samples {
@@ -265,7 +273,7 @@ impl Adapter {
         }
         let shape = &manifest.input.shape;
         let dims = [samples.len(), shape[0], shape[1], shape[2]];
-        Ok(batch(&values, dims, &cpu_autodiff()))
+        Ok(batch(&values, dims, device))
     }
 }
 
@@ -283,6 +291,12 @@ fn follow_statistics(graph: &mut Graph, first_batch: bool, stats: &[Option<crate
     } else {
         graph.update_running_stats(stats);
     }
+}
+
+/// Row-major logits of `rows` samples as a `[rows, classes]` tensor on `device`.
+fn batch_logits(logits: Vec<f32>, rows: usize, device: &Device) -> Tensor<2> {
+    let classes = logits.len() / rows.max(1);
+    Tensor::from_data(TensorData::new(logits, [rows, classes]), device)
 }
 
 fn scalar(loss: &Tensor<1>) -> f32 {
