@@ -57,6 +57,8 @@ pub struct Published {
     pub params: Option<Arc<v1::NormParams>>,
     /// Per device, the highest processed batch index.
     pub through: Arc<HashMap<String, u64>>,
+    /// The data `params` was fitted on (absent when no step on new samples made it).
+    pub window: Option<Arc<v1::DataWindow>>,
 }
 
 /// One scope's figures for `/metrics`.
@@ -204,7 +206,8 @@ impl Engine {
             0 => None,
             v => self.store.version(scope, v)?.map(Arc::new),
         };
-        let published = Published { version: meta.version, params, through: Arc::new(meta.through.clone()) };
+        let published =
+            Published { version: meta.version, params, through: Arc::new(meta.through.clone()), window: None };
         let handle = Arc::new(ScopeHandle {
             model: Arc::clone(model),
             published: watch::Sender::new(published),
@@ -276,10 +279,16 @@ impl Engine {
 
     /// Runs one round of a scope; returns whether there may be more.
     fn round(&self, scope: &ScopeId, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, EngineError> {
+        let before_drift = self.store.skip_before_drift(scope)?;
+        if before_drift > 0 {
+            self.metrics.stale_skipped.add(before_drift);
+        }
         self.skip_stale(scope, adapter.config())?;
         let entries = self.store.next_round(scope)?;
         let Some(((marker_key, marker_entry), samples)) = entries.split_last() else { return Ok(false) };
         let meta = self.store.meta(scope)?;
+        let reset_after = adapter.config().reset_after_reverts;
+        let diverged = reset_after > 0 && meta.consecutive_reverts >= reset_after;
         let mut state = self.store.state(scope)?.unwrap_or_else(|| adapter.initial_state());
         let cloud_batch = adapter.config().cloud_batch;
         let new = (samples.len() >= cloud_batch).then(|| &samples[..cloud_batch]);
@@ -294,6 +303,7 @@ impl Engine {
                 Some(statistics) if finishes_batch => Some(stored_statistics(statistics)?),
                 _ => None,
             },
+            reset: marker_entry.drift() || diverged,
         };
         let mut replay = StoredReplay { store: &self.store, scope, meta: &meta, model: &handle.model };
         let work_waiting = || handle.scheduled.load(Ordering::Acquire);
@@ -302,6 +312,9 @@ impl Engine {
         let commit = Commit {
             consumed: new.map(|new| new.iter().map(|(k, _)| *k).collect()).unwrap_or_default(),
             marker: input.finishes_batch.then(|| (*marker_key, marker_entry.device.clone(), marker_entry.batch)),
+            guard: marker_entry.outcome.map(|o| o.guard()).filter(|_| input.finishes_batch),
+            // A reset happens once: a batch end that takes more rounds forgets its request.
+            reset: outcome.reset.then(|| (*marker_key, (!input.finishes_batch).then(|| forget_drift(marker_entry)))),
             stepped: outcome.stepped,
             new_version: outcome.new_version,
             state: outcome.state_changed.then_some(state),
@@ -311,7 +324,18 @@ impl Engine {
             .as_ref()
             .filter(|_| commit.new_version)
             .map(|s| cema_proto::norm_params_to_wire(&s.student, &scope.to_string()));
+        let window =
+            new.filter(|_| outcome.stepped && !outcome.reset).map(|new| data_window(new.iter().map(|(_, e)| e)));
         let meta = self.store.commit(scope, &commit, handle.model.keep_versions)?;
+        if outcome.reset {
+            self.metrics.resets.inc();
+            let reason =
+                if marker_entry.drift() { "an edge detected drift" } else { "the edges' guard kept reverting" };
+            tracing::info!(%scope, device = %marker_entry.device, batch = marker_entry.batch, reason, "reset the scope to the source models");
+        }
+        if let Some(outcome) = marker_entry.outcome.filter(|_| input.finishes_batch) {
+            self.metrics.record_guard(outcome.guard());
+        }
         // After the commit, so a round that fails and runs again counts its samples once.
         if let Some(new) = new {
             observe_queue_age(&self.metrics, new.iter().map(|(_, e)| e));
@@ -322,7 +346,7 @@ impl Engine {
         }
         self.metrics.replay_samples.set(meta.replay_len() as f64);
         self.metrics.backlog_samples.set(meta.queued_samples as f64);
-        self.publish(handle, &meta, published_params);
+        self.publish(handle, &meta, published_params.map(|p| (p, window)));
         Ok(true)
     }
 
@@ -390,16 +414,58 @@ impl Engine {
         }
     }
 
-    fn publish(&self, handle: &ScopeHandle, meta: &ScopeMeta, params: Option<v1::NormParams>) {
+    fn publish(
+        &self,
+        handle: &ScopeHandle,
+        meta: &ScopeMeta,
+        params: Option<(v1::NormParams, Option<v1::DataWindow>)>,
+    ) {
         handle.published.send_modify(|p| {
             p.version = meta.version;
-            if let Some(params) = params {
+            if let Some((params, window)) = params {
                 p.params = Some(Arc::new(params));
+                p.window = window.map(Arc::new);
             }
             p.through = Arc::new(meta.through.clone());
         });
         self.metrics.version.set(meta.version as f64);
     }
+}
+
+/// The data window of a step's new samples: per device its seq range, and when they arrived.
+fn data_window<'a>(entries: impl Iterator<Item = &'a QueueEntry>) -> v1::DataWindow {
+    let mut devices: Vec<v1::DeviceSeqRange> = Vec::new();
+    let mut window = v1::DataWindow { fitted_unix_ms: crate::store::unix_ms(), ..v1::DataWindow::default() };
+    for entry in entries {
+        match devices.iter_mut().find(|d| d.device_id == entry.device) {
+            Some(range) => {
+                range.first_seq = range.first_seq.min(entry.seq);
+                range.last_seq = range.last_seq.max(entry.seq);
+            }
+            None => devices.push(v1::DeviceSeqRange {
+                device_id: entry.device.clone(),
+                first_seq: entry.seq,
+                last_seq: entry.seq,
+            }),
+        }
+        if entry.received_unix_ms > 0 {
+            let oldest = window.oldest_received_unix_ms;
+            window.oldest_received_unix_ms =
+                if oldest == 0 { entry.received_unix_ms } else { oldest.min(entry.received_unix_ms) };
+            window.newest_received_unix_ms = window.newest_received_unix_ms.max(entry.received_unix_ms);
+        }
+    }
+    window.devices = devices;
+    window
+}
+
+/// A batch end's queue record without its drift flag (its reset has been done).
+fn forget_drift(entry: &QueueEntry) -> QueueEntry {
+    let mut entry = entry.clone();
+    if let Some(outcome) = entry.outcome.as_mut() {
+        outcome.drift = false;
+    }
+    entry
 }
 
 /// Records how long each of a step's samples waited in the queue.

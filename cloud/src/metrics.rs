@@ -157,6 +157,12 @@ pub struct Metrics {
     /// Queued samples skipped for the replay buffer alone because the engine fell behind
     /// (`max_queue_seconds`).
     pub stale_skipped: Counter,
+    /// Scope resets (drift reported by an edge, or the edges' guard reverting in a row).
+    pub resets: Counter,
+    /// Batch ends whose edge's source guard served the scope's parameters.
+    pub guard_adapted: Counter,
+    /// Batch ends whose edge's source guard served the model's own parameters instead.
+    pub guard_source: Counter,
     /// Seconds each sample a step consumed had waited in the queue.
     pub queue_age_seconds: Histogram,
     /// Samples waiting in the queue of the scope adapted last.
@@ -198,6 +204,15 @@ impl Metrics {
     /// Refusals of one reason.
     pub fn rejected(&self, reason: &str) -> u64 {
         self.rejected.lock().unwrap_or_else(|e| e.into_inner()).get(reason).copied().unwrap_or(0)
+    }
+
+    /// Counts an edge's source-guard outcome for one batch.
+    pub fn record_guard(&self, outcome: cema_proto::v1::GuardOutcome) {
+        match outcome {
+            cema_proto::v1::GuardOutcome::Adapted => self.guard_adapted.inc(),
+            cema_proto::v1::GuardOutcome::Source => self.guard_source.inc(),
+            cema_proto::v1::GuardOutcome::Unspecified => {}
+        }
     }
 
     /// Records a distillation step's losses.
@@ -246,7 +261,7 @@ impl Metrics {
     }
 
     /// Every single-valued family: name, type, help, value.
-    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 22] {
+    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 25] {
         let count = |c: &Counter| c.get() as f64;
         [
             ("cema_cloud_samples_accepted_total", "counter", "Samples stored.", count(&self.samples_accepted)),
@@ -266,6 +281,24 @@ impl Metrics {
                 "counter",
                 "Queued samples left to the replay buffer alone because the engine fell behind.",
                 count(&self.stale_skipped),
+            ),
+            (
+                "cema_cloud_scope_resets_total",
+                "counter",
+                "Scopes reset to the source models (an edge detected drift, or its guard kept reverting).",
+                count(&self.resets),
+            ),
+            (
+                "cema_cloud_guard_adapted_batches_total",
+                "counter",
+                "Batches the edges' source guard served with the scope's parameters.",
+                count(&self.guard_adapted),
+            ),
+            (
+                "cema_cloud_guard_source_batches_total",
+                "counter",
+                "Batches the edges' source guard served with the model's own parameters instead.",
+                count(&self.guard_source),
             ),
             (
                 "cema_cloud_backlog_samples",

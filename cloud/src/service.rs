@@ -132,11 +132,20 @@ impl CloudService {
                     Status::invalid_argument(format!("batch end {}: batch statistics: {e}", end.seq)),
                 ));
             }
+            if let Some(outcome) = &end.outcome
+                && cema_proto::v1::GuardOutcome::try_from(outcome.guard).is_err()
+            {
+                return Err(self.refuse(
+                    "malformed",
+                    Status::invalid_argument(format!("batch end {}: unknown guard outcome {}", end.seq, outcome.guard)),
+                ));
+            }
             entries.push(Incoming::BatchEnd {
                 seq: end.seq,
                 batch: end.batch,
                 statistics: end.initial_statistics,
                 batch_statistics: end.batch_statistics,
+                outcome: end.outcome,
             });
         }
         Ok(entries)
@@ -262,6 +271,7 @@ impl Cema for CloudService {
                         params: if newer { current.params.as_deref().cloned() } else { None },
                         version: current.version,
                         through_batch: through,
+                        window: if newer { current.window.as_deref().cloned() } else { None },
                     })
                 };
                 if let Some(message) = update {

@@ -15,6 +15,7 @@ use cema_cloud::store::{Incoming, Store};
 use cema_cloud::{ScopeId, ScopeKind};
 use cema_compute::adapt::{AdaptConfig, StudentStatistics};
 use cema_core::OnnxModel;
+use cema_proto::v1::{BatchOutcome, GuardOutcome};
 
 fn scope() -> ScopeId {
     ScopeId::device("d1")
@@ -40,6 +41,19 @@ impl Feed {
         capacity: u64,
         batch_statistics: Option<cema_proto::v1::NormStatistics>,
     ) {
+        self.batch_reporting(store, samples, batch, capacity, batch_statistics, None);
+    }
+
+    /// The same, the marker carrying what the edge served and whether it detected drift.
+    fn batch_reporting(
+        &mut self,
+        store: &Store,
+        samples: usize,
+        batch: u64,
+        capacity: u64,
+        batch_statistics: Option<cema_proto::v1::NormStatistics>,
+        outcome: Option<cema_proto::v1::BatchOutcome>,
+    ) {
         let mut entries = Vec::new();
         for _ in 0..samples {
             self.seq += 1;
@@ -47,7 +61,7 @@ impl Feed {
             entries.push(Incoming::Sample { seq: self.seq, input: support::image(self.image) });
         }
         self.seq += 1;
-        entries.push(Incoming::BatchEnd { seq: self.seq, batch, statistics: None, batch_statistics });
+        entries.push(Incoming::BatchEnd { seq: self.seq, batch, statistics: None, batch_statistics, outcome });
         store.ingest("d1", &scope(), &entries, capacity).unwrap();
     }
 }
@@ -193,6 +207,78 @@ fn stale_samples_leave_the_queue_for_replay_when_batches_pile_up() {
     let samples: Vec<_> = round[..10].iter().map(|(_, e)| e.sample.clone().unwrap()).collect();
     assert_eq!(samples, (71..=80).map(support::image).collect::<Vec<_>>());
     assert!(round.iter().all(|(_, e)| e.received_unix_ms > 0), "ingest stamps each entry");
+}
+
+fn outcome(guard: GuardOutcome, drift: bool) -> Option<BatchOutcome> {
+    Some(BatchOutcome { served_version: 1, guard: guard.into(), drift })
+}
+
+#[test]
+fn a_drift_report_resets_the_scope_and_leaves_what_was_queued_before_to_replay() {
+    let config = AdaptConfig { max_queue_seconds: 0.0, ..AdaptConfig::default() };
+    let (_dir, _, store, metrics, engine, watch) = started(config.clone());
+    let mut feed = Feed { seq: 0, image: 0 };
+    feed.batch(&store, 40, 1, 10_000);
+    engine.schedule(&scope());
+    wait_through(&watch, 1);
+    // The version says what it was fitted on: this device's seqs 1–32.
+    let window = watch.borrow().window.clone().expect("a step's version carries its data window");
+    assert_eq!(window.devices.len(), 1);
+    let range = &window.devices[0];
+    assert_eq!((range.device_id.as_str(), range.first_seq, range.last_seq), ("d1", 1, 32));
+    assert!(window.oldest_received_unix_ms > 0 && window.oldest_received_unix_ms <= window.newest_received_unix_ms);
+    assert!(window.fitted_unix_ms >= window.newest_received_unix_ms);
+
+    // Batch 2 queues behind the 8 left of batch 1; batch 3 reports drift.
+    feed.batch(&store, 40, 2, 10_000);
+    feed.batch_reporting(&store, 40, 3, 10_000, None, outcome(GuardOutcome::Adapted, true));
+    engine.schedule(&scope());
+    wait_through(&watch, 3);
+    engine.stop();
+    assert_eq!(metrics.resets.get(), 1);
+    assert_eq!(metrics.stale_skipped.get(), 48, "batch 2 and batch 1's rest went to replay alone");
+    let meta = store.meta(&scope()).unwrap();
+    assert_eq!((meta.resets, meta.queued_samples, meta.replay_len()), (1, 8, 120));
+    assert_eq!(meta.version, 2, "the reset and the step on batch 3 are one version");
+    assert_eq!(metrics.guard_adapted.get(), 1, "the guard's outcome is counted");
+    let after_reset = store.state(&scope()).unwrap().unwrap();
+
+    // A new scope that sees only batch 3's samples ends in the same state: nothing of the
+    // earlier adaptation survived the reset.
+    let (_dir, _, fresh_store, _, fresh_engine, fresh_watch) = started(config);
+    let mut fresh_feed = Feed { seq: 0, image: 80 };
+    fresh_feed.batch(&fresh_store, 40, 1, 10_000);
+    fresh_engine.schedule(&scope());
+    wait_through(&fresh_watch, 1);
+    fresh_engine.stop();
+    let fresh = fresh_store.state(&scope()).unwrap().unwrap();
+    assert_eq!(after_reset.student.tensors, fresh.student.tensors);
+    assert_eq!(after_reset.foundation.tensors, fresh.foundation.tensors);
+    assert_eq!(after_reset.student_velocity, fresh.student_velocity);
+}
+
+#[test]
+fn reverts_in_a_row_reset_a_diverged_scope() {
+    let config = AdaptConfig { max_queue_seconds: 0.0, reset_after_reverts: 2, ..AdaptConfig::default() };
+    let (_dir, _, store, metrics, engine, watch) = started(config);
+    let mut feed = Feed { seq: 0, image: 0 };
+    let guards = [GuardOutcome::Source, GuardOutcome::Adapted, GuardOutcome::Source, GuardOutcome::Source];
+    for (batch, guard) in (1..).zip(guards) {
+        feed.batch_reporting(&store, 8, batch, 10_000, None, outcome(guard, false));
+        engine.schedule(&scope());
+        wait_through(&watch, batch);
+        assert_eq!(metrics.resets.get(), 0, "no reset before two reverts in a row (batch {batch})");
+    }
+    assert_eq!(store.meta(&scope()).unwrap().consecutive_reverts, 2);
+    assert_eq!(metrics.guard_source.get(), 3);
+    feed.batch_reporting(&store, 8, 5, 10_000, None, outcome(GuardOutcome::Adapted, false));
+    engine.schedule(&scope());
+    wait_through(&watch, 5);
+    engine.stop();
+    assert_eq!(metrics.resets.get(), 1);
+    let meta = store.meta(&scope()).unwrap();
+    assert_eq!((meta.resets, meta.consecutive_reverts), (1, 0));
+    assert_eq!(store.state(&scope()).unwrap().unwrap().student.version, meta.version, "the reset is a new version");
 }
 
 #[test]

@@ -233,6 +233,22 @@ async fn bad_input_is_refused_precisely_and_changes_no_state() {
             request("d1", vec![sample(3, float_sample(&[0.5; 784]))]),
             Code::InvalidArgument,
         ),
+        (
+            "a guard outcome the contract does not name",
+            token.as_str(),
+            UploadRequest {
+                device_id: "d1".into(),
+                samples: vec![sample(3, support::image(3))],
+                batch_ends: vec![v1::BatchEnd {
+                    seq: 4,
+                    batch: 1,
+                    predicted: 1,
+                    outcome: Some(v1::BatchOutcome { served_version: 0, guard: 7, drift: false }),
+                    ..Default::default()
+                }],
+            },
+            Code::InvalidArgument,
+        ),
     ];
     for (what, token, req, code) in cases {
         let got = upload(&h, token, req).await.expect_err(what).code();

@@ -10,6 +10,7 @@ use cema_core::{Encoding, NormParams, SampleValues, StatsInit};
 use cema_proto::v1;
 use tokio::sync::{Notify, watch};
 
+use crate::drift::DriftDetector;
 use crate::link::{AckedBatches, CloudLink, LinkState, Pending, PendingUpdate};
 use crate::local::LocalAdaptation;
 use crate::metrics::EdgeMetrics;
@@ -57,6 +58,9 @@ pub struct AgentConfig {
     /// those instead when they carry more information about it
     /// (see [`crate::guard::GUARD_MARGIN_FRACTION`]).
     pub guard: bool,
+    /// Drift reset: a Page–Hinkley test over the batches' mean entropy returns the edge to the
+    /// model's own parameters and asks the cloud to reset the scope ([`crate::drift`]).
+    pub drift_reset: bool,
 }
 
 /// Why the agent failed.
@@ -77,6 +81,12 @@ pub enum AgentError {
     /// The cloud refused the agent for good (token, model mismatch).
     #[error("the cloud refused this agent: {0}")]
     Refused(String),
+}
+
+/// A batch's mean prediction entropy as a share of `ln C` (what the drift test watches).
+fn normalised_mean_entropy(prediction: &crate::runtime::Prediction) -> f64 {
+    let mean = prediction.entropy.iter().map(|&h| h as f64).sum::<f64>() / prediction.batch.max(1) as f64;
+    mean / (prediction.classes.max(2) as f64).ln()
 }
 
 /// One served prediction.
@@ -112,6 +122,11 @@ pub struct Agent {
     /// Whether the serving parameters are the model's own, untouched (no update applied, no
     /// first-batch initialisation): what `stats_init = first_batch` waits for.
     serving_source: bool,
+    /// The drift test over the batches' mean entropy (`drift_reset`).
+    drift: DriftDetector,
+    /// Updates that account only for batches before this one were fitted before the last
+    /// drift reset, and are dropped.
+    fresh_from_batch: u64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -168,6 +183,8 @@ impl Agent {
             metrics,
             local,
             serving_source,
+            drift: DriftDetector::default(),
+            fresh_from_batch: 0,
         })
     }
 
@@ -221,8 +238,17 @@ impl Agent {
     /// Swaps in a prepared update, if one is waiting, and records it durably.
     pub fn apply_pending(&mut self) -> Result<bool, AgentError> {
         let next = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(PendingUpdate { session, wire, arrived, through_batch }) = next else { return Ok(false) };
+        let Some(PendingUpdate { session, wire, arrived, through_batch, window }) = next else { return Ok(false) };
         if session.version() <= self.runtime.version() && self.runtime.version() != 0 {
+            return Ok(false);
+        }
+        if through_batch < self.fresh_from_batch {
+            self.metrics.stale_updates.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                version = session.version(),
+                through_batch,
+                "dropped an update fitted before the drift reset"
+            );
             return Ok(false);
         }
         self.store.save_applied(&wire)?;
@@ -239,7 +265,32 @@ impl Agent {
         self.metrics.params_version.store(self.runtime.version(), Ordering::Relaxed);
         self.metrics.swaps.fetch_add(1, Ordering::Relaxed);
         self.metrics.last_update_ms.store(arrived.elapsed().as_micros() as u64, Ordering::Relaxed);
+        if let Some(range) = window.iter().flat_map(|w| &w.devices).find(|d| d.device_id == self.config.device_id) {
+            // How much of this device's own stream came after the data the update was fitted on.
+            let lag = self.store.outbox().last_seq()?.saturating_sub(range.last_seq);
+            self.metrics.update_data_lag_seqs.store(lag, Ordering::Relaxed);
+            tracing::debug!(
+                version = self.runtime.version(),
+                first_seq = range.first_seq,
+                last_seq = range.last_seq,
+                lag,
+                "applied an update"
+            );
+        }
         Ok(true)
+    }
+
+    /// The drift test fired on `batch` (whose end asks the cloud for a reset): serve the
+    /// model's own parameters from the next batch (re-initialised from it under
+    /// `stats_init = first_batch`) and drop updates fitted before the cloud's reset.
+    fn reset_after_drift(&mut self, batch: u64) -> Result<(), AgentError> {
+        self.reset()?;
+        self.drift.restart();
+        self.fresh_from_batch = batch;
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.metrics.drift_resets.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(batch, "drift: the batches' entropy rose abruptly; back to the model's own parameters");
+        Ok(())
     }
 
     /// Returns to the model's own parameters and forgets the adapted ones.
@@ -270,14 +321,21 @@ impl Agent {
         let first_batch = self.first_batch_init(&input, samples.len())?;
         let started = Instant::now();
         let mut prediction = self.runtime.predict(&input, samples.len())?;
+        let mut guard = v1::GuardOutcome::Unspecified;
         if self.config.guard
             && !self.serving_source
             && let Some(source) = self.runtime.predict_source(&input, samples.len())?
-            && crate::guard::prefer_source(&prediction, &source)
         {
-            prediction = source;
-            self.metrics.guard_reverts.fetch_add(1, Ordering::Relaxed);
+            if crate::guard::prefer_source(&prediction, &source) {
+                prediction = source;
+                guard = v1::GuardOutcome::Source;
+                self.metrics.guard_reverts.fetch_add(1, Ordering::Relaxed);
+            } else {
+                guard = v1::GuardOutcome::Adapted;
+                self.metrics.guard_kept.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        let drift = self.config.drift_reset && self.drift.observe(normalised_mean_entropy(&prediction));
         self.metrics.inference_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let select_started = Instant::now();
         let mut selection = self.selector.select(&prediction.entropy, &prediction.probs);
@@ -297,6 +355,7 @@ impl Agent {
         )?;
         let batch = self.batch_index + 1;
         let mut end = v1::BatchEnd { batch, predicted: samples.len() as u32, ..v1::BatchEnd::default() };
+        end.outcome = Some(v1::BatchOutcome { served_version: prediction.params_version, guard: guard.into(), drift });
         if let Some(params) = &first_batch {
             // The parameters served from now on and the statistics the cloud adopts are stored
             // with the batch, atomically: a crash before this point re-initialises.
@@ -327,6 +386,9 @@ impl Agent {
         self.metrics.selected.fetch_add(stored.iter().filter(|s| **s).count() as u64, Ordering::Relaxed);
         self.metrics.drops.fetch_add(appended.dropped, Ordering::Relaxed);
         self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+        if drift {
+            self.reset_after_drift(batch)?;
+        }
         Ok(served_records(&prediction, &stored))
     }
 

@@ -179,6 +179,7 @@ fn agent_figures(
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
         guard: false,
+        drift_reset: false,
     };
     let mut agent = Agent::open(runtime, &db, config)?;
     agent.push(samples)?;

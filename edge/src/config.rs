@@ -166,6 +166,7 @@ pub struct EdgeConfig {
     pub drain_timeout: f64,
     pub lockstep_timeout: f64,
     pub guard: bool,
+    pub drift_reset: bool,
 }
 
 impl Default for EdgeConfig {
@@ -218,6 +219,7 @@ impl Default for EdgeConfig {
             drain_timeout: 30.0,
             lockstep_timeout: 300.0,
             guard: false,
+            drift_reset: false,
         }
     }
 }
@@ -334,6 +336,7 @@ impl EdgeConfig {
             },
             pacing,
             guard: self.guard,
+            drift_reset: self.drift_reset,
         }
     }
 

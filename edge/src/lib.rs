@@ -23,6 +23,7 @@ pub mod agent;
 mod batch;
 pub mod bench;
 pub mod config;
+pub mod drift;
 pub mod guard;
 pub mod link;
 pub mod local;

@@ -40,6 +40,8 @@ pub struct PendingUpdate {
     pub arrived: Instant,
     /// Highest batch of this device the parameters account for.
     pub through_batch: u64,
+    /// The data the cloud fitted the parameters on, when a step on new samples made them.
+    pub window: Option<v1::DataWindow>,
 }
 
 /// When the cloud acknowledged each batch's uploads (its batch end), until an update that
@@ -425,8 +427,13 @@ async fn watch_session(
             };
             match prepared {
                 Ok(session) => {
-                    *shared.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(PendingUpdate { session, wire, arrived, through_batch: update.through_batch });
+                    *shared.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingUpdate {
+                        session,
+                        wire,
+                        arrived,
+                        through_batch: update.through_batch,
+                        window: update.window.clone(),
+                    });
                     shared.metrics.prepare_us.store(arrived.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
                 Err(reason) => {

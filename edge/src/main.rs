@@ -227,6 +227,12 @@ struct RunArgs {
     /// streams, where an update can arrive after the shift it was fitted to. Default false.
     #[arg(long, env = "CEMA_EDGE_GUARD", num_args = 0..=1, default_missing_value = "true")]
     guard: Option<bool>,
+    /// Drift reset: watch the batches' mean prediction entropy (a Page–Hinkley test) and, when
+    /// it rises abruptly (a new corruption, a new scene), return to the model's own parameters,
+    /// re-initialise from the next batch under `--stats-init first_batch`, and ask the cloud to
+    /// reset this device's scope (stale queued samples go to replay). Default false.
+    #[arg(long, env = "CEMA_EDGE_DRIFT_RESET", num_args = 0..=1, default_missing_value = "true")]
+    drift_reset: Option<bool>,
     /// Seconds to wait for the cloud per batch in lockstep. Default 300.
     #[arg(long, env = "CEMA_EDGE_LOCKSTEP_TIMEOUT")]
     lockstep_timeout: Option<f64>,

@@ -35,6 +35,15 @@ pub struct EdgeMetrics {
     /// Batches served with the model's own parameters because theirs carried more information
     /// about the batch than the adapted ones' (the source guard).
     pub guard_reverts: AtomicU64,
+    /// Batches the source guard compared and served with the adapted parameters.
+    pub guard_kept: AtomicU64,
+    /// Updates dropped because they were fitted before the edge's last drift reset.
+    pub stale_updates: AtomicU64,
+    /// Drift resets (`--drift-reset`).
+    pub drift_resets: AtomicU64,
+    /// Seqs this device assigned after the newest of its samples the last applied update was
+    /// fitted on (from the update's data window).
+    pub update_data_lag_seqs: AtomicU64,
     /// Microseconds to validate and prepare the last update.
     pub prepare_us: AtomicU64,
     /// Microseconds from the last update's arrival to its swap.
@@ -105,6 +114,30 @@ impl EdgeMetrics {
                 "counter",
                 "Batches served with the source parameters: theirs carried more information (the source guard).",
                 get(&self.guard_reverts),
+            ),
+            (
+                "cema_edge_guard_kept_total",
+                "counter",
+                "Batches the source guard compared and served with the adapted parameters.",
+                get(&self.guard_kept),
+            ),
+            (
+                "cema_edge_drift_resets_total",
+                "counter",
+                "Abrupt rises of the batches' entropy answered by a reset (--drift-reset).",
+                get(&self.drift_resets),
+            ),
+            (
+                "cema_edge_update_data_lag_seqs",
+                "gauge",
+                "Seqs assigned after the newest own sample the last applied update was fitted on.",
+                get(&self.update_data_lag_seqs),
+            ),
+            (
+                "cema_edge_stale_updates_total",
+                "counter",
+                "Updates dropped: fitted before the last drift reset.",
+                get(&self.stale_updates),
             ),
             ("cema_edge_prepare_seconds", "gauge", "Validate + build of the last update.", get(&self.prepare_us) / 1e6),
             (

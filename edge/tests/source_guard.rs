@@ -43,6 +43,7 @@ fn serve(spec: &ConvBnClassifier, applied: &NormParams, guard: bool) -> (Vec<Pre
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
         guard,
+        drift_reset: false,
     };
     let mut agent = Agent::open(runtime, &db, config).unwrap();
     let served = agent.push(&inputs(16)).unwrap();

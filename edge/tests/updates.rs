@@ -82,6 +82,7 @@ fn updates_apply_exactly_and_invalid_ones_are_refused() {
         outbox: OutboxLimits::default(),
         pacing: Pacing::Free,
         guard: false,
+        drift_reset: false,
     };
     let mut agent = Agent::open(runtime, &db, config).unwrap();
     let _link = agent.connect(
@@ -103,7 +104,7 @@ fn updates_apply_exactly_and_invalid_ones_are_refused() {
     }
     let send = |version: u64, p: &NormParams| {
         let wire = cema_proto::norm_params_to_wire(p, "device:cam");
-        tx.blocking_send(ParamUpdate { params: Some(wire), version, through_batch: 0 }).unwrap();
+        tx.blocking_send(ParamUpdate { params: Some(wire), version, through_batch: 0, window: None }).unwrap();
     };
     send(1, &params);
     wait(|| agent.apply_pending().unwrap());

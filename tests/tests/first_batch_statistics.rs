@@ -84,6 +84,7 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
             outbox: OutboxLimits::default(),
             pacing: Pacing::Lockstep(Duration::from_secs(60)),
             guard: false,
+            drift_reset: false,
         };
         Agent::open(Runtime::load(library.clone(), &student, 1).unwrap(), db, config).unwrap()
     };
@@ -142,6 +143,7 @@ fn the_edge_initialises_from_its_first_batch_and_the_cloud_adopts_it() {
                 predicted: BATCH as u32,
                 initial_statistics: Some(cema_proto::statistics_to_wire(&statistics, BATCH as u32, false)),
                 batch_statistics: None,
+                outcome: None,
             };
             let request = UploadRequest { device_id: "raw".into(), samples: Vec::new(), batch_ends: vec![end] };
             let stream = tokio_stream::iter(vec![request]);

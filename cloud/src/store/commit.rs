@@ -4,9 +4,10 @@ use prost::Message;
 use sled::transaction::Transactional;
 
 use super::records::state_record;
-use super::{ScopeMeta, Store, StoreError, abort, decode, key, write_guard};
+use super::{QueueEntry, ScopeMeta, Store, StoreError, abort, decode, key, write_guard};
 use crate::scope::ScopeId;
 use cema_compute::adapt::ScopeState;
+use cema_proto::v1;
 
 /// What one adaptation round commits.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +16,12 @@ pub struct Commit {
     pub consumed: Vec<u64>,
     /// A processed marker: its queue key, device and batch index.
     pub marker: Option<(u64, String, u64)>,
+    /// The processed marker's source-guard outcome: `Source` counts a revert in a row,
+    /// `Adapted` ends the run.
+    pub guard: Option<v1::GuardOutcome>,
+    /// The round reset the scope (the reverts in a row start again): the marker's key and,
+    /// when the marker stays queued for another round, its record without the request.
+    pub reset: Option<(u64, Option<QueueEntry>)>,
     /// The new state, if it changed. With `new_version` its `student.version` is a new
     /// version, stored for watchers; without, only the state is stored (first-batch statistics
     /// adopted).
@@ -47,9 +54,21 @@ impl Store {
                         meta.queued_samples = meta.queued_samples.saturating_sub(1);
                     }
                 }
+                if let Some((id, rewritten)) = &commit.reset {
+                    meta.consecutive_reverts = 0;
+                    meta.resets += 1;
+                    if let Some(entry) = rewritten {
+                        queue.insert(key(scope, *id), entry.encode_to_vec())?;
+                    }
+                }
                 if let Some((id, device, batch)) = &commit.marker {
                     queue.remove(key(scope, *id))?;
                     meta.through.insert(device.clone(), *batch);
+                }
+                match commit.guard {
+                    Some(v1::GuardOutcome::Source) => meta.consecutive_reverts += 1,
+                    Some(v1::GuardOutcome::Adapted) => meta.consecutive_reverts = 0,
+                    _ => {}
                 }
                 if let Some(state) = &state_bytes {
                     states.insert(scope, state.as_slice())?;

@@ -30,6 +30,8 @@ pub enum Incoming {
         statistics: Option<v1::NormStatistics>,
         /// The batch's statistics over every sample (validated at ingest).
         batch_statistics: Option<v1::NormStatistics>,
+        /// What the edge served for the batch, and whether it detected drift.
+        outcome: Option<v1::BatchOutcome>,
     },
 }
 
@@ -80,6 +82,8 @@ struct WalEntry {
     statistics: Option<v1::NormStatistics>,
     #[prost(message, optional, tag = "5")]
     batch_statistics: Option<v1::NormStatistics>,
+    #[prost(message, optional, tag = "6")]
+    outcome: Option<v1::BatchOutcome>,
 }
 
 impl From<WalEntry> for Incoming {
@@ -91,6 +95,7 @@ impl From<WalEntry> for Incoming {
                 batch: e.batch,
                 statistics: e.statistics,
                 batch_statistics: e.batch_statistics,
+                outcome: e.outcome,
             },
         }
     }
@@ -100,14 +105,15 @@ impl From<&Incoming> for WalEntry {
     fn from(e: &Incoming) -> Self {
         match e {
             Incoming::Sample { seq, input } => {
-                WalEntry { seq: *seq, sample: Some(input.clone()), batch: 0, statistics: None, batch_statistics: None }
+                WalEntry { seq: *seq, sample: Some(input.clone()), ..WalEntry::default() }
             }
-            Incoming::BatchEnd { seq, batch, statistics, batch_statistics } => WalEntry {
+            Incoming::BatchEnd { seq, batch, statistics, batch_statistics, outcome } => WalEntry {
                 seq: *seq,
                 sample: None,
                 batch: *batch,
                 statistics: statistics.clone(),
                 batch_statistics: batch_statistics.clone(),
+                outcome: *outcome,
             },
         }
     }
@@ -240,9 +246,15 @@ impl Store {
                             }
                             meta.queued_samples += 1;
                             outcome.samples += 1;
-                            QueueEntry { sample: Some(input.clone()), received_unix_ms, ..QueueEntry::default() }
+                            QueueEntry {
+                                sample: Some(input.clone()),
+                                device: device.to_owned(),
+                                seq: entry.seq(),
+                                received_unix_ms,
+                                ..QueueEntry::default()
+                            }
                         }
-                        Incoming::BatchEnd { batch, statistics, batch_statistics, .. } => {
+                        Incoming::BatchEnd { batch, statistics, batch_statistics, outcome: batch_outcome, .. } => {
                             outcome.batch_ends += 1;
                             QueueEntry {
                                 sample: None,
@@ -251,6 +263,8 @@ impl Store {
                                 statistics: statistics.clone(),
                                 batch_statistics: batch_statistics.clone(),
                                 received_unix_ms,
+                                seq: entry.seq(),
+                                outcome: *batch_outcome,
                             }
                         }
                     };

@@ -33,6 +33,13 @@ pub struct ScopeMeta {
     /// Queued samples (not markers).
     #[prost(uint64, tag = "7")]
     pub queued_samples: u64,
+    /// Batch ends processed in a row whose edge's source guard served the model's own
+    /// parameters instead of the scope's: a sign that the adapted state diverged.
+    #[prost(uint64, tag = "8")]
+    pub consecutive_reverts: u64,
+    /// Resets of the scope's adaptation state (drift reported by an edge, or diverged state).
+    #[prost(uint64, tag = "9")]
+    pub resets: u64,
 }
 
 impl ScopeMeta {
@@ -76,7 +83,7 @@ pub struct QueueEntry {
     /// The sample (absent for a marker).
     #[prost(message, optional, tag = "1")]
     pub sample: Option<v1::EncodedTensor>,
-    /// Device of a marker.
+    /// The device that sent the entry (for samples stored before this was recorded: empty).
     #[prost(string, tag = "2")]
     pub device: String,
     /// Batch index of a marker (0 for a sample).
@@ -92,6 +99,19 @@ pub struct QueueEntry {
     /// existed): what the queue-age figures measure.
     #[prost(uint64, tag = "6")]
     pub received_unix_ms: u64,
+    /// The device's seq of the entry (0 for entries stored before this field existed).
+    #[prost(uint64, tag = "7")]
+    pub seq: u64,
+    /// A marker's report of what the edge served, and whether it detected drift.
+    #[prost(message, optional, tag = "8")]
+    pub outcome: Option<v1::BatchOutcome>,
+}
+
+impl QueueEntry {
+    /// Whether this is a batch end whose edge detected drift (and asks for a reset).
+    pub fn drift(&self) -> bool {
+        self.sample.is_none() && self.outcome.is_some_and(|o| o.drift)
+    }
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -46,6 +46,29 @@ impl Store {
             }
             leave.push((*id, entry));
         }
+        self.leave_queue(scope, &leave)
+    }
+
+    /// An edge that detected drift asks for a reset: every entry queued before the batch that
+    /// detected it (up to and including the batch end before that one) leaves the queue for
+    /// the replay buffer alone, batch ends counting as processed. Returns the samples skipped.
+    pub fn skip_before_drift(&self, scope: &ScopeId) -> Result<u64, StoreError> {
+        let scope = scope.to_string();
+        let scope = scope.as_str();
+        let mut entries = Vec::new();
+        for item in self.queue.scan_prefix(prefix(scope)) {
+            let (k, v) = item?;
+            entries.push((id_of(&k), decode::<QueueEntry>("queue", &v)?));
+        }
+        let Some(drift) = entries.iter().rposition(|(_, e)| e.drift()) else { return Ok(0) };
+        let Some(previous_end) = entries[..drift].iter().rposition(|(_, e)| e.sample.is_none()) else { return Ok(0) };
+        let leave: Vec<(u64, &QueueEntry)> = entries[..=previous_end].iter().map(|(id, e)| (*id, e)).collect();
+        self.leave_queue(scope, &leave)
+    }
+
+    /// Removes `leave` from the queue in one transaction: samples stay in the replay buffer,
+    /// batch ends count as processed for their device. Returns the samples removed.
+    fn leave_queue(&self, scope: &str, leave: &[(u64, &QueueEntry)]) -> Result<u64, StoreError> {
         let _writes = write_guard();
         let skipped = (&self.queue, &self.scopes).transaction(|(queue, scopes)| {
             let mut meta: ScopeMeta = match scopes.get(scope)? {
@@ -53,7 +76,7 @@ impl Store {
                 None => ScopeMeta::default(),
             };
             let mut skipped = 0;
-            for (id, entry) in &leave {
+            for (id, entry) in leave {
                 queue.remove(key(scope, *id))?;
                 match entry.sample {
                     Some(_) => skipped += 1,

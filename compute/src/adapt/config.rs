@@ -36,6 +36,9 @@ pub const MAX_IDLE_REPLAY_STEPS: usize = 16;
 /// The default `max_queue_seconds`: uploads older than this are stale for a camera's stream.
 pub const DEFAULT_MAX_QUEUE_SECONDS: f64 = 3.0;
 
+/// The default `reset_after_reverts`.
+pub const DEFAULT_RESET_AFTER_REVERTS: u64 = 16;
+
 /// Hyperparameters of the cloud step (defaults: the reference code's).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,6 +93,11 @@ pub struct AdaptConfig {
     /// oldest queued samples go to the replay buffer alone, unstepped. Lockstep never queues
     /// two batch ends, so it never skips. 0: every sample is stepped on, however late.
     pub max_queue_seconds: f64,
+    /// Reset a scope whose edges' source guard served the model's own parameters instead of
+    /// the scope's for this many batch ends in a row: the adapted state has diverged from
+    /// what the edges see (`docs/algorithm.md`, "Drift and reset"). 0: never. Edges without the
+    /// guard report no outcome and never count.
+    pub reset_after_reverts: u64,
 }
 
 impl Default for AdaptConfig {
@@ -115,6 +123,7 @@ impl Default for AdaptConfig {
             idle_replay_steps: 0,
             idle_replay_window: None,
             max_queue_seconds: DEFAULT_MAX_QUEUE_SECONDS,
+            reset_after_reverts: DEFAULT_RESET_AFTER_REVERTS,
         }
     }
 }

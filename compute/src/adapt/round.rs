@@ -1,6 +1,7 @@
 //! One round of a scope: the order CEMA's cloud side runs its steps in for one queued batch.
 //!
 //! A round takes `cloud_batch` new samples (or none, when fewer precede the batch end) and:
+//! 0. resets the scope to the source models when asked (drift, or a diverged state);
 //! 1. adopts the edge's first-batch statistics, if the batch end carries them and the scope's
 //!    statistics were not yet set from data;
 //! 2. with new samples: the foundation step, then distillation on the new samples plus
@@ -54,6 +55,10 @@ pub struct RoundInput {
     pub first_batch_statistics: Option<NormParams>,
     /// The batch's statistics measured on the edge (the statistics uplink).
     pub batch_statistics: Option<NormParams>,
+    /// Restart the scope from the source models before anything else (an edge detected drift,
+    /// or the adapted state diverged): both models' parameters, momentum and the
+    /// statistics-set flags return to a new scope's, so first-batch statistics apply again.
+    pub reset: bool,
 }
 
 /// Which samples a distillation step ran on.
@@ -95,6 +100,8 @@ pub struct RoundOutcome {
     pub followed_edge_statistics: bool,
     /// The distillation steps, in order.
     pub distilled: Vec<DistilledStep>,
+    /// The round began by resetting the scope.
+    pub reset: bool,
 }
 
 impl Adapter {
@@ -110,6 +117,12 @@ impl Adapter {
         let started = Instant::now();
         let mut outcome = RoundOutcome::default();
         let next_version = input.version + 1;
+        if input.reset {
+            *state = self.initial_state();
+            state.student.version = next_version;
+            outcome.reset = true;
+            outcome.new_version = true;
+        }
         if let Some(statistics) = &input.first_batch_statistics {
             // The edge serves with these, so the cloud adapts from them.
             outcome.adopted_edge_statistics = self.adopt_edge_statistics(state, statistics);
