@@ -29,22 +29,10 @@ struct Feed {
 impl Feed {
     /// Stores `samples` new samples and a batch-end marker for `batch`.
     fn batch(&mut self, store: &Store, samples: usize, batch: u64, capacity: u64) {
-        self.batch_with(store, samples, batch, capacity, None);
+        self.batch_reporting(store, samples, batch, capacity, None, None);
     }
 
-    /// The same, the marker carrying the batch's statistics.
-    fn batch_with(
-        &mut self,
-        store: &Store,
-        samples: usize,
-        batch: u64,
-        capacity: u64,
-        batch_statistics: Option<cema_proto::v1::NormStatistics>,
-    ) {
-        self.batch_reporting(store, samples, batch, capacity, batch_statistics, None);
-    }
-
-    /// The same, the marker carrying what the edge served and whether it detected drift.
+    /// The same, the marker carrying the batch's statistics and what the edge served.
     fn batch_reporting(
         &mut self,
         store: &Store,
@@ -354,7 +342,7 @@ fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
 
     // No samples, only statistics: a new version whose running statistics moved by momentum
     // 0.1 towards the batch's, γ and β untouched, no step.
-    feed.batch_with(&store, 0, 1, 10_000, Some(wire.clone()));
+    feed.batch_reporting(&store, 0, 1, 10_000, Some(wire.clone()), None);
     engine.schedule(&scope());
     wait_through(&watch, 1);
     assert_eq!((metrics.steps.get(), metrics.edge_statistics_batches.get()), (0, 1));
@@ -379,7 +367,7 @@ fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
     // 40 samples and statistics: one step (version 2) trains γ/β; the running statistics
     // moved by the batch's statistics only, not by the uploaded samples.
     let before = params;
-    feed.batch_with(&store, 40, 2, 10_000, Some(wire));
+    feed.batch_reporting(&store, 40, 2, 10_000, Some(wire), None);
     engine.schedule(&scope());
     wait_through(&watch, 2);
     assert_eq!((metrics.steps.get(), metrics.edge_statistics_batches.get()), (1, 2));
