@@ -324,8 +324,7 @@ impl Engine {
             .as_ref()
             .filter(|_| commit.new_version)
             .map(|s| cema_proto::norm_params_to_wire(&s.student, &scope.to_string()));
-        let window =
-            new.filter(|_| outcome.stepped && !outcome.reset).map(|new| data_window(new.iter().map(|(_, e)| e)));
+        let window = new.map(|new| data_window(new.iter().map(|(_, e)| e)));
         let meta = self.store.commit(scope, &commit, handle.model.keep_versions)?;
         if outcome.reset {
             self.metrics.resets.inc();

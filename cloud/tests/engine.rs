@@ -229,6 +229,9 @@ fn a_drift_report_resets_the_scope_and_leaves_what_was_queued_before_to_replay()
     assert_eq!((meta.resets, meta.queued_samples, meta.replay_len()), (1, 8, 120));
     assert_eq!(meta.version, 2, "the reset and the step on batch 3 are one version");
     assert_eq!(metrics.guard_adapted.get(), 1, "the guard's outcome is counted");
+    let window = watch.borrow().window.clone().expect("the reset's step says what it was fitted on");
+    let range = &window.devices[0];
+    assert_eq!((range.first_seq, range.last_seq), (83, 114), "batch 3's first 32 samples");
     let after_reset = store.state(&scope()).unwrap().unwrap();
 
     // A new scope that sees only batch 3's samples ends in the same state: nothing of the

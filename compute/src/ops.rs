@@ -315,14 +315,7 @@ fn conv_by_columns(x: Tensor<4>, weight: Tensor<4>, bias: Option<Tensor<1>>, win
     let out_w = (w + left + right - dw * (kw - 1) - 1) / sw + 1;
     let input = match x.clone().into_data().try_into_vec::<f32>() {
         Ok(input) => input,
-        Err(_) => {
-            return conv2d(
-                x,
-                weight,
-                bias,
-                ConvOptions::new_with_padding(window.stride, window.padding, window.dilation, 1),
-            );
-        }
+        Err(_) => return conv2d(x, weight, bias, conv_options(window, 1)),
     };
     let rows = c * kh * kw;
     let plane = out_h * out_w;
