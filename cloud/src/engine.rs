@@ -315,6 +315,7 @@ impl Engine {
             guard: marker_entry.outcome.map(|o| o.guard()).filter(|_| input.finishes_batch),
             // A reset happens once: a batch end that takes more rounds forgets its request.
             reset: outcome.reset.then(|| (*marker_key, (!input.finishes_batch).then(|| forget_drift(marker_entry)))),
+            drift_answered: outcome.reset && marker_entry.drift(),
             stepped: outcome.stepped,
             new_version: outcome.new_version,
             state: outcome.state_changed.then_some(state),

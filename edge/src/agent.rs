@@ -85,8 +85,7 @@ pub enum AgentError {
 
 /// A batch's mean prediction entropy as a share of `ln C` (what the drift test watches).
 fn normalised_mean_entropy(prediction: &crate::runtime::Prediction) -> f64 {
-    let mean = prediction.entropy.iter().map(|&h| h as f64).sum::<f64>() / prediction.batch.max(1) as f64;
-    mean / (prediction.classes.max(2) as f64).ln()
+    prediction.mean_entropy() / (prediction.classes.max(2) as f64).ln()
 }
 
 /// One served prediction.

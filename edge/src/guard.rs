@@ -36,6 +36,5 @@ fn information(prediction: &Prediction) -> f64 {
         }
     }
     let marginal = -mean.iter().filter(|p| **p > 0.0).map(|p| p * p.ln()).sum::<f64>();
-    let conditional = prediction.entropy.iter().map(|&h| h as f64).sum::<f64>() / prediction.batch as f64;
-    marginal - conditional
+    marginal - prediction.mean_entropy()
 }

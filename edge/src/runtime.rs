@@ -112,6 +112,11 @@ impl Prediction {
     pub fn probs_of(&self, i: usize) -> &[f32] {
         &self.probs[i * self.classes..(i + 1) * self.classes]
     }
+
+    /// Mean entropy of the batch's predictions (nats).
+    pub fn mean_entropy(&self) -> f64 {
+        self.entropy.iter().map(|&h| h as f64).sum::<f64>() / self.batch.max(1) as f64
+    }
 }
 
 /// A session built with a given parameter version, ready to be swapped in.

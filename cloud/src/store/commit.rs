@@ -22,6 +22,8 @@ pub struct Commit {
     /// The round reset the scope (the reverts in a row start again): the marker's key and,
     /// when the marker stays queued for another round, its record without the request.
     pub reset: Option<(u64, Option<QueueEntry>)>,
+    /// The reset answered the marker's drift report.
+    pub drift_answered: bool,
     /// The new state, if it changed. With `new_version` its `student.version` is a new
     /// version, stored for watchers; without, only the state is stored (first-batch statistics
     /// adopted).
@@ -57,6 +59,9 @@ impl Store {
                 if let Some((id, rewritten)) = &commit.reset {
                     meta.consecutive_reverts = 0;
                     meta.resets += 1;
+                    if commit.drift_answered {
+                        meta.drift_requests = meta.drift_requests.saturating_sub(1);
+                    }
                     if let Some(entry) = rewritten {
                         queue.insert(key(scope, *id), entry.encode_to_vec())?;
                     }

@@ -256,6 +256,9 @@ impl Store {
                         }
                         Incoming::BatchEnd { batch, statistics, batch_statistics, outcome: batch_outcome, .. } => {
                             outcome.batch_ends += 1;
+                            if batch_outcome.is_some_and(|o| o.drift) {
+                                meta.drift_requests += 1;
+                            }
                             QueueEntry {
                                 sample: None,
                                 device: device.to_owned(),

@@ -40,6 +40,10 @@ pub struct ScopeMeta {
     /// Resets of the scope's adaptation state (drift reported by an edge, or diverged state).
     #[prost(uint64, tag = "9")]
     pub resets: u64,
+    /// Queued batch ends that carry a drift report not yet acted on: lets the engine look for
+    /// them only when there are some, instead of reading the whole queue every round.
+    #[prost(uint64, tag = "10")]
+    pub drift_requests: u64,
 }
 
 impl ScopeMeta {

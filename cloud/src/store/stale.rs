@@ -12,8 +12,8 @@ impl Store {
     /// `keep` samples, its oldest entries leave the queue (their samples stay in the replay
     /// buffer, so nothing acknowledged is lost) until `keep` samples are left. Batch ends that
     /// leave with them count as processed for their device; one that carries first-batch
-    /// statistics is never skipped. In lockstep a queue holds one batch end at most, so this
-    /// never fires there. Returns the samples skipped.
+    /// statistics or a drift report is never skipped. In lockstep a queue holds one batch end
+    /// at most, so this never fires there. Returns the samples skipped.
     pub fn skip_stale(&self, scope: &ScopeId, keep: u64) -> Result<u64, StoreError> {
         let scope = scope.to_string();
         let scope = scope.as_str();
@@ -38,7 +38,9 @@ impl Store {
         let mut excess = meta.queued_samples - keep;
         let mut leave = Vec::new();
         for (id, entry) in &entries {
-            if excess == 0 || entry.statistics.is_some() {
+            // A batch end with first-batch statistics or a drift report is never skipped: what it
+            // asks of the scope must still happen.
+            if excess == 0 || entry.statistics.is_some() || entry.drift() {
                 break;
             }
             if entry.sample.is_some() {
@@ -53,6 +55,9 @@ impl Store {
     /// detected it (up to and including the batch end before that one) leaves the queue for
     /// the replay buffer alone, batch ends counting as processed. Returns the samples skipped.
     pub fn skip_before_drift(&self, scope: &ScopeId) -> Result<u64, StoreError> {
+        if self.meta(scope)?.drift_requests == 0 {
+            return Ok(0);
+        }
         let scope = scope.to_string();
         let scope = scope.as_str();
         let mut entries = Vec::new();
@@ -78,6 +83,10 @@ impl Store {
             let mut skipped = 0;
             for (id, entry) in leave {
                 queue.remove(key(scope, *id))?;
+                if entry.drift() {
+                    // Superseded by a later report, which the reset answers.
+                    meta.drift_requests = meta.drift_requests.saturating_sub(1);
+                }
                 match entry.sample {
                     Some(_) => skipped += 1,
                     None => {
