@@ -8,7 +8,7 @@ use cema_core::{NormLayer, NormParams, NormTensor, OnnxModel};
 
 use crate::error::{GraphError, ShapeError};
 use crate::norm::{BatchStats, NormMode, normalise};
-use crate::ops::{Tape, Value, apply};
+use crate::ops::{Folded, Tape, Value, apply, conv_shifted};
 use crate::plan::{Op, Plan};
 
 /// Which stored tensors receive gradients.
@@ -41,7 +41,17 @@ pub struct Graph {
     /// Which slots are trainable leaves.
     trainable: Vec<bool>,
     norm: Vec<NormSlots>,
+    /// Per step: for a stride-1 convolution, what a frozen inference forward folds into it.
+    folds: Vec<Option<Fold>>,
     device: Device,
+}
+
+/// The steps a frozen inference forward folds into a stride-1 convolution: the normalisation
+/// layer that alone reads its output (the next step), and the ReLU that alone reads that one's.
+#[derive(Debug, Clone, Copy)]
+struct Fold {
+    layer: usize,
+    relu: bool,
 }
 
 /// What a forward pass produces.
@@ -89,7 +99,8 @@ impl Graph {
             is_trainable[*slot] = train;
             stored[*slot] = Some(if train { Value { t: value.t.require_grad(), rank: value.rank } } else { value });
         }
-        Ok(Self { plan, stored, trainable: is_trainable, norm, device: device.clone() })
+        let folds = folds(&plan);
+        Ok(Self { plan, stored, trainable: is_trainable, norm, folds, device: device.clone() })
     }
 
     /// The device the graph lives on.
@@ -108,13 +119,25 @@ impl Graph {
         values[self.plan.input] = Some(Value { t: input, rank: 4 });
         let mut batch_stats = vec![None; self.norm.len()];
         let tape = if self.trainable.contains(&true) { Tape::On } else { Tape::Off };
-        for step in &self.plan.steps {
+        let fold = tape == Tape::Off && mode == NormMode::Inference;
+        let mut index = 0;
+        while let Some(step) = self.plan.steps.get(index) {
+            index += 1;
             let shape = |source: ShapeError| GraphError::Shape { node: step.node.clone(), source };
             let args: Vec<Value> = step
                 .inputs
                 .iter()
                 .map(|&slot| values[slot].clone().ok_or_else(|| shape(ShapeError::UnsetSlot(slot))))
                 .collect::<Result<_, _>>()?;
+            if let (true, Some(Fold { layer, relu }), Op::Conv { window, .. }) = (fold, self.folds[index - 1], &step.op)
+            {
+                let folded = self.inference_affine(layer, relu).map_err(shape)?;
+                let out = conv_shifted(&args, window, Some(folded)).map_err(shape)?;
+                // The folded steps' outputs are read by nothing but the next folded step.
+                index += 1 + usize::from(relu);
+                values[self.plan.steps[index - 1].output] = Some(out);
+                continue;
+            }
             let out = match &step.op {
                 Op::BatchNorm { layer } => {
                     let slots = self.norm[*layer];
@@ -138,6 +161,26 @@ impl Graph {
             return Err(GraphError::Graph(format!("output has dims {dims:?}; a classifier returns [batch, classes]")));
         };
         Ok(Forward { logits: output.t.reshape([*batch, *classes]), batch_stats })
+    }
+
+    /// A normalisation layer in inference mode as a per-channel affine map
+    /// (`a = γ/√(σ²_r + ε)`, `b = β − μ_r·a`), for folding into the convolution before it.
+    fn inference_affine(&self, layer: usize, relu: bool) -> Result<Folded, ShapeError> {
+        let slots = self.norm[layer];
+        let get = |slot: usize| {
+            let value = self.stored[slot].as_ref().ok_or(ShapeError::UnsetNormTensor)?;
+            value
+                .t
+                .clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .map_err(|_| ShapeError::Unsupported("non-f32 normalisation"))
+        };
+        let (gamma, beta, mean, var) = (get(slots.scale)?, get(slots.bias)?, get(slots.mean)?, get(slots.var)?);
+        let eps = self.plan.norm_layers[layer].epsilon;
+        let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();
+        let shift = beta.iter().zip(&mean).zip(&scale).map(|((b, m), a)| b - m * a).collect();
+        Ok(Folded { scale, shift, relu })
     }
 
     /// Applies the running-statistics update of a training-mode forward pass
@@ -265,4 +308,32 @@ impl Graph {
         }
         params
     }
+}
+
+/// Which stride-1, ungrouped convolutions a frozen inference forward folds the next steps into:
+/// a normalisation layer that is the convolution's only reader, and then a ReLU that is the
+/// layer's only reader.
+fn folds(plan: &Plan) -> Vec<Option<Fold>> {
+    let mut readers = vec![0usize; plan.slots];
+    for slot in plan.steps.iter().flat_map(|s| &s.inputs).chain([&plan.output]) {
+        readers[*slot] += 1;
+    }
+    let steps = &plan.steps;
+    let only_reader = |step: usize, next: usize| {
+        let output = steps[step].output;
+        steps.get(next).filter(|n| readers[output] == 1 && n.inputs.first() == Some(&output))
+    };
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let Op::Conv { window, groups: 1 } = &step.op else { return None };
+            if window.stride != [1, 1] {
+                return None;
+            }
+            let Op::BatchNorm { layer } = only_reader(i, i + 1)?.op else { return None };
+            let relu = only_reader(i + 1, i + 2).is_some_and(|r| matches!(r.op, Op::Relu));
+            Some(Fold { layer, relu })
+        })
+        .collect()
 }

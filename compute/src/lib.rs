@@ -22,6 +22,7 @@ pub mod loss;
 mod norm;
 mod ops;
 mod plan;
+mod shifted;
 mod train;
 pub mod zoo;
 

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::error::ShapeError;
 use crate::plan::{Op, Window};
+use crate::shifted::{Geometry, conv_stride1};
 
 /// Highest rank a value may have.
 pub(crate) const MAX_RANK: usize = 4;
@@ -176,6 +177,9 @@ fn spatial(op: &Op, args: &[Value], tape: Tape) -> Result<Value, ShapeError> {
                 let (begin, end) = window.padding[axis];
                 x.dims()[2 + axis] + begin + end > window.dilation[axis] * (window.kernel[axis] - 1)
             };
+            if tape == Tape::Off && *groups == 1 && window.stride == [1, 1] {
+                return conv_shifted(args, window, None);
+            }
             if tape == Tape::Off && *groups == 1 && window.kernel != [1, 1] && fits(0) && fits(1) {
                 conv_by_columns(x, weight.t.clone(), bias, window)
             } else {
@@ -301,6 +305,66 @@ fn reshape_target(dims: &[usize], shape: &[i64]) -> Result<Vec<usize>, ShapeErro
     Ok(target)
 }
 
+/// What a frozen inference forward folds into the stride-1 convolution before it: the
+/// normalisation layer that alone reads the convolution (per output channel, `scale`
+/// multiplies the weights and `shift` is added) and the ReLU that alone reads that.
+#[derive(Debug, Clone)]
+pub(crate) struct Folded {
+    pub(crate) scale: Vec<f32>,
+    pub(crate) shift: Vec<f32>,
+    pub(crate) relu: bool,
+}
+
+/// A stride-1, ungrouped convolution of a graph without autodiff (`shifted.rs`), with what
+/// follows it folded in.
+pub(crate) fn conv_shifted(args: &[Value], window: &Window, folded: Option<Folded>) -> Result<Value, ShapeError> {
+    let x = first_rank4(args)?;
+    let weight = args.get(1).ok_or(ShapeError::MissingInput("weight"))?;
+    let [n, c, h, w] = x.dims();
+    let [cout, cin, kh, kw] = match weight.dims()[..] {
+        [a, b, c, d] if weight.rank == 4 => [a, b, c, d],
+        _ => return Err(ShapeError::Rank { what: "2-D convolution weight", expected: "4", actual: weight.rank }),
+    };
+    if cin != c {
+        return Err(ShapeError::Channels { expected: cin, actual: c });
+    }
+    let not_f32 = || ShapeError::Unsupported("convolution of values that are not f32");
+    let values = |t: &Tensor<4>| t.clone().into_data().try_into_vec::<f32>().map_err(|_| not_f32());
+    let mut weights = values(&weight.t)?;
+    let mut shift = match args.get(2) {
+        Some(bias) => values(&bias.t)?,
+        None => vec![0.0; cout],
+    };
+    if shift.len() != cout {
+        return Err(ShapeError::Channels { expected: cout, actual: shift.len() });
+    }
+    let relu = folded.as_ref().is_some_and(|f| f.relu);
+    if let Some(folded) = folded {
+        if folded.scale.len() != cout || folded.shift.len() != cout {
+            return Err(ShapeError::Channels { expected: cout, actual: folded.scale.len() });
+        }
+        for ((filter, bias), (scale, add)) in
+            weights.chunks_exact_mut(cin * kh * kw).zip(shift.iter_mut()).zip(folded.scale.iter().zip(&folded.shift))
+        {
+            filter.iter_mut().for_each(|v| *v *= scale);
+            *bias = *bias * scale + add;
+        }
+    }
+    let geometry = Geometry {
+        batch: n,
+        channels: c,
+        size: [h, w],
+        out_channels: cout,
+        kernel: [kh, kw],
+        padding: window.padding,
+        dilation: window.dilation,
+    };
+    let [out_h, out_w] = geometry.output().ok_or(ShapeError::Unsupported("a kernel larger than its padded input"))?;
+    let input = values(&x)?;
+    let y = conv_stride1(&input, &weights, &shift, relu, &geometry)?;
+    Ok(Value { t: Tensor::from_data(TensorData::new(y, [n, cout, out_h, out_w]), &x.device()), rank: 4 })
+}
+
 /// A convolution as one matrix product over columns built from the input's rows:
 /// `[N, C·kh·kw, H'·W']` times the weight `[Cout, C·kh·kw]`. Reads the input's values, so no
 /// gradient flows through it: for graphs without autodiff.
@@ -365,6 +429,53 @@ mod tests {
     use super::*;
     use crate::{batch, cpu, values};
     use cema_core::onnx::generate::SplitMix64;
+
+    /// The shifted-view convolution gives burn's at stride 1 for paddings (uneven too),
+    /// dilations and kernels from 1×1 to 5×5; with a normalisation and ReLU folded in, it gives
+    /// the per-channel affine map and ReLU of burn's result.
+    #[test]
+    fn shifted_convolution_matches_burn() {
+        let device = cpu();
+        let cases = [
+            ([3, 3], [(1, 1), (1, 1)], [1, 1]),
+            ([1, 1], [(0, 0), (0, 0)], [1, 1]),
+            ([3, 2], [(0, 2), (1, 0)], [1, 1]),
+            ([3, 3], [(2, 2), (0, 1)], [2, 2]),
+            ([5, 5], [(0, 0), (0, 0)], [1, 1]),
+        ];
+        for (case, (kernel, padding, dilation)) in cases.into_iter().enumerate() {
+            let mut rng = SplitMix64::new(10 + case as u64);
+            let (n, c, h, w, cout) = (3, 3, 11, 9, 4);
+            let x = batch(&rng.vec(n * c * h * w, -1.0, 1.0), [n, c, h, w], &device);
+            let weight =
+                batch(&rng.vec(cout * c * kernel[0] * kernel[1], -1.0, 1.0), [cout, c, kernel[0], kernel[1]], &device);
+            let bias = rng.vec(cout, -1.0, 1.0);
+            let bias_t: Tensor<1> = Tensor::from_data(TensorData::new(bias.clone(), [cout]), &device);
+            let window = Window { kernel, stride: [1, 1], padding, dilation };
+            let expected = conv2d(x.clone(), weight.clone(), Some(bias_t.clone()), conv_options(&window, 1));
+            let dims = expected.dims();
+            let expected = values(expected);
+            let args = [
+                Value { t: x, rank: 4 },
+                Value { t: weight, rank: 4 },
+                Value::from_logical(bias_t.reshape([1, 1, 1, cout]), &[cout]).expect("bias"),
+            ];
+            let plain = conv_shifted(&args, &window, None).expect("convolution");
+            assert_eq!(plain.t.dims(), dims, "case {case}");
+            for (a, e) in values(plain.t).iter().zip(&expected) {
+                assert!((a - e).abs() <= 1e-4, "case {case}: {a} vs {e}");
+            }
+            let (scale, shift) = (rng.vec(cout, -2.0, 2.0), rng.vec(cout, -1.0, 1.0));
+            let folded = Folded { scale: scale.clone(), shift: shift.clone(), relu: true };
+            let fused = values(conv_shifted(&args, &window, Some(folded)).expect("folded convolution").t);
+            let plane = dims[2] * dims[3];
+            for (i, (a, e)) in fused.iter().zip(&expected).enumerate() {
+                let channel = (i / plane) % cout;
+                let want = (e * scale[channel] + shift[channel]).max(0.0);
+                assert!((a - want).abs() <= 1e-4, "case {case}, folded: {a} vs {want}");
+            }
+        }
+    }
 
     /// The frozen path's columns give burn's convolution for strides, dilations, uneven
     /// padding and kernels that are not square.
