@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use cema_compute::adapt::{AdaptConfig, AdaptError, Adapter, DistillKind, RoundInput, RoundOutcome, ScopeState};
 use cema_core::SampleValues;
@@ -91,7 +92,15 @@ pub struct Engine {
     scopes: Mutex<HashMap<ScopeId, Arc<ScopeHandle>>>,
     work: Mutex<Option<mpsc::Sender<ScopeId>>>,
     metrics: Arc<Metrics>,
+    /// Per model, a moving average of the wall time of its recent rounds that stepped (reads,
+    /// step, commit, publish): what newest-data-first budgets with. Per model, since CEMA's
+    /// and `bn-stats`' rounds cost tens of times apart; whole rounds, since a cheap step's
+    /// round is mostly the store's work.
+    round_seconds: Mutex<HashMap<String, f64>>,
 }
+
+/// Weight of the newest round in a model's moving average.
+const ROUND_AVERAGE_WEIGHT: f64 = 0.25;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,8 +120,14 @@ impl Engine {
         let models: HashMap<String, Arc<ModelEntry>> =
             models.into_iter().map(|m| (m.id.clone(), Arc::new(m))).collect();
         let (tx, rx) = mpsc::channel::<ScopeId>();
-        let engine =
-            Arc::new(Self { store, models, scopes: Mutex::new(HashMap::new()), work: Mutex::new(Some(tx)), metrics });
+        let engine = Arc::new(Self {
+            store,
+            models,
+            scopes: Mutex::new(HashMap::new()),
+            work: Mutex::new(Some(tx)),
+            metrics,
+            round_seconds: Mutex::new(HashMap::new()),
+        });
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for i in 0..workers.max(1) {
@@ -260,18 +275,18 @@ impl Engine {
                 }
             }
             let Some(adapter) = adapters.get_mut(&model.id) else { continue };
-            loop {
-                if self.work.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-                    return;
-                }
-                match self.round(&scope, &handle, adapter) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        self.metrics.engine_errors.inc();
-                        tracing::error!(%scope, error = %e, "adaptation round failed; the scope waits for new work");
-                        break;
-                    }
+            if self.work.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                return;
+            }
+            match self.round(&scope, &handle, adapter) {
+                // One round per turn, then to the back of the line: scopes with work take
+                // turns (the share of the engine `skip_stale` counts on), so a scope whose
+                // uploads outrun the engine cannot hold it while others' samples age.
+                Ok(true) => self.schedule(&scope),
+                Ok(false) => {}
+                Err(e) => {
+                    self.metrics.engine_errors.inc();
+                    tracing::error!(%scope, error = %e, "adaptation round failed; the scope waits for new work");
                 }
             }
         }
@@ -279,11 +294,12 @@ impl Engine {
 
     /// Runs one round of a scope; returns whether there may be more.
     fn round(&self, scope: &ScopeId, handle: &ScopeHandle, adapter: &mut Adapter) -> Result<bool, EngineError> {
+        let started = Instant::now();
         let before_drift = self.store.skip_before_drift(scope)?;
         if before_drift > 0 {
             self.metrics.stale_skipped.add(before_drift);
         }
-        self.skip_stale(scope, adapter.config())?;
+        self.skip_stale(scope, &handle.model.id, adapter.config())?;
         let entries = self.store.next_round(scope)?;
         let Some(((marker_key, marker_entry), samples)) = entries.split_last() else { return Ok(false) };
         let meta = self.store.meta(scope)?;
@@ -291,7 +307,14 @@ impl Engine {
         let diverged = reset_after > 0 && meta.consecutive_reverts >= reset_after;
         let mut state = self.store.state(scope)?.unwrap_or_else(|| adapter.initial_state());
         let cloud_batch = adapter.config().cloud_batch;
-        let new = (samples.len() >= cloud_batch).then(|| &samples[..cloud_batch]);
+        let new = if samples.len() >= cloud_batch {
+            Some(&samples[..cloud_batch])
+        } else {
+            overdue(samples, adapter.config().max_wait_seconds).then_some(samples)
+        };
+        if new.is_some_and(|new| new.len() < cloud_batch) {
+            self.metrics.partial_steps.inc();
+        }
         let finishes_batch = samples.len() < 2 * cloud_batch;
         let input = RoundInput {
             version: meta.version,
@@ -347,28 +370,38 @@ impl Engine {
         self.metrics.replay_samples.set(meta.replay_len() as f64);
         self.metrics.backlog_samples.set(meta.queued_samples as f64);
         self.publish(handle, &meta, published_params.map(|p| (p, window)));
+        if outcome.stepped {
+            let seconds = started.elapsed().as_secs_f64();
+            let mut averages = self.round_seconds.lock().unwrap_or_else(|e| e.into_inner());
+            averages
+                .entry(handle.model.id.clone())
+                .and_modify(|average| *average += ROUND_AVERAGE_WEIGHT * (seconds - *average))
+                .or_insert(seconds);
+        }
         Ok(true)
     }
 
     /// Newest data first (`max_queue_seconds`): the samples the engine would step through for
-    /// this scope in that time — at its mean step time so far (1 s before the first), sharing
-    /// the time with the other scopes waiting — are kept queued; older ones go to the replay
-    /// buffer alone.
-    fn skip_stale(&self, scope: &ScopeId, config: &AdaptConfig) -> Result<(), EngineError> {
+    /// this scope in that time — one round per turn, a turn lasting a round of its own and
+    /// one of each other scope waiting, each at its model's recent round time (1 s before a
+    /// model's first step) — are kept queued; older ones go to the replay buffer alone.
+    fn skip_stale(&self, scope: &ScopeId, model: &str, config: &AdaptConfig) -> Result<(), EngineError> {
         if config.max_queue_seconds <= 0.0 {
             return Ok(());
         }
-        let (sum, count) = self.metrics.step_seconds.get();
-        let step_seconds = if count > 0 { (sum / count as f64).max(1e-3) } else { 1.0 };
-        // The engine takes waiting scopes in turn, so each gets its share of the time.
-        let waiting = self
+        let averages = self.round_seconds.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let round_seconds = |model: &str| averages.get(model).map_or(1.0, |s| s.max(1e-3));
+        // The engine takes waiting scopes in turn, a round each: one turn of this scope lasts
+        // its own round and one of every other scope waiting, at their models' costs.
+        let others: f64 = self
             .scopes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|h| h.scheduled.load(Ordering::Acquire))
-            .count();
-        let steps = (config.max_queue_seconds / (step_seconds * (waiting + 1) as f64)).floor().max(1.0);
+            .iter()
+            .filter(|(id, h)| *id != scope && h.scheduled.load(Ordering::Acquire))
+            .map(|(_, h)| round_seconds(&h.model.id))
+            .sum();
+        let steps = (config.max_queue_seconds / (round_seconds(model) + others)).floor().max(1.0);
         let keep = (steps * config.cloud_batch as f64) as u64;
         let skipped = self.store.skip_stale(scope, keep)?;
         if skipped > 0 {
@@ -466,6 +499,13 @@ fn forget_drift(entry: &QueueEntry) -> QueueEntry {
         outcome.drift = false;
     }
     entry
+}
+
+/// Whether the oldest of `samples` has waited `max_wait_seconds` (> 0) for a step.
+fn overdue(samples: &[(u64, QueueEntry)], max_wait_seconds: f64) -> bool {
+    let Some((_, oldest)) = samples.iter().find(|(_, e)| e.received_unix_ms > 0) else { return false };
+    let waited_ms = crate::store::unix_ms().saturating_sub(oldest.received_unix_ms);
+    max_wait_seconds > 0.0 && waited_ms as f64 >= max_wait_seconds * 1e3
 }
 
 /// Records how long each of a step's samples waited in the queue.

@@ -81,7 +81,7 @@ impl Summary {
 
 /// Seconds an uploaded sample waited in the queue before a step consumed it: the histogram's
 /// bucket bounds.
-pub const QUEUE_AGE_BUCKETS: [f64; 10] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0];
+pub const QUEUE_AGE_BUCKETS: [f64; 11] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 30.0, 60.0];
 
 /// Observations counted into fixed buckets (a Prometheus histogram).
 #[derive(Debug)]
@@ -157,6 +157,9 @@ pub struct Metrics {
     /// Queued samples skipped for the replay buffer alone because the engine fell behind
     /// (`max_queue_seconds`).
     pub stale_skipped: Counter,
+    /// Steps on fewer than a cloud batch of new samples, whose oldest had waited
+    /// `max_wait_seconds`.
+    pub partial_steps: Counter,
     /// Scope resets (drift reported by an edge, or the edges' guard reverting in a row).
     pub resets: Counter,
     /// Batch ends whose edge's source guard served the scope's parameters.
@@ -261,7 +264,7 @@ impl Metrics {
     }
 
     /// Every single-valued family: name, type, help, value.
-    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 25] {
+    fn families(&self, live: &LiveView) -> [(&'static str, &'static str, &'static str, f64); 26] {
         let count = |c: &Counter| c.get() as f64;
         [
             ("cema_cloud_samples_accepted_total", "counter", "Samples stored.", count(&self.samples_accepted)),
@@ -281,6 +284,12 @@ impl Metrics {
                 "counter",
                 "Queued samples left to the replay buffer alone because the engine fell behind.",
                 count(&self.stale_skipped),
+            ),
+            (
+                "cema_cloud_partial_steps_total",
+                "counter",
+                "Steps on fewer than a cloud batch of new samples, the oldest having waited max_wait_seconds.",
+                count(&self.partial_steps),
             ),
             (
                 "cema_cloud_scope_resets_total",

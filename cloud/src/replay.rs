@@ -34,13 +34,27 @@ impl Replay for StoredReplay<'_> {
         step: u64,
         window: Option<usize>,
     ) -> Result<Vec<SampleValues>, AdaptError> {
-        let boxed = |e: Box<dyn std::error::Error + Send + Sync>| AdaptError::Replay(e);
         let head = window.map_or(self.meta.replay_head, |w| {
             self.meta.replay_head.max(self.meta.replay_next.saturating_sub(w as u64))
         });
         let scope = self.scope.to_string();
         let ids = draw_without_replacement(head, self.meta.replay_next, count, &scope, version, step);
-        let tensors = self.store.replay_samples(self.scope, &ids).map_err(|e| boxed(e.into()))?;
+        self.decoded(&ids)
+    }
+
+    fn recent(&mut self, count: usize) -> Result<Vec<SampleValues>, AdaptError> {
+        // Samples enter the buffer as they arrive and leave the queue oldest first, so the
+        // queued ones are the buffer's newest `queued_samples`.
+        let end = self.meta.replay_next.saturating_sub(self.meta.queued_samples).max(self.meta.replay_head);
+        let start = end.saturating_sub(count as u64).max(self.meta.replay_head);
+        self.decoded(&(start..end).collect::<Vec<_>>())
+    }
+}
+
+impl StoredReplay<'_> {
+    fn decoded(&self, ids: &[u64]) -> Result<Vec<SampleValues>, AdaptError> {
+        let boxed = |e: Box<dyn std::error::Error + Send + Sync>| AdaptError::Replay(e);
+        let tensors = self.store.replay_samples(self.scope, ids).map_err(|e| boxed(e.into()))?;
         tensors.iter().map(|t| self.model.decode_sample(t).map_err(|e| boxed(e.into()))).collect()
     }
 }

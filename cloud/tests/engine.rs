@@ -54,6 +54,12 @@ impl Feed {
     }
 }
 
+/// The spec's step rule: a step once a cloud batch is queued, never a partial one
+/// (`max_wait_seconds = 0`), so the counts below do not depend on the machine's speed.
+fn spec_rule() -> AdaptConfig {
+    AdaptConfig { max_wait_seconds: 0.0, ..AdaptConfig::default() }
+}
+
 /// A tiny-model engine on a fresh sled store with one device scope being watched.
 type Started = (
     tempfile::TempDir,
@@ -89,8 +95,7 @@ fn wait_through(watch: &tokio::sync::watch::Receiver<cema_cloud::engine::Publish
 
 #[test]
 fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
-    let (_dir, _, store, metrics, engine, watch) =
-        started(AdaptConfig { replay_capacity: 400, ..AdaptConfig::default() });
+    let (_dir, _, store, metrics, engine, watch) = started(AdaptConfig { replay_capacity: 400, ..spec_rule() });
     let mut feed = Feed { seq: 0, image: 0 };
 
     // 20 queued < 32: no step; replay 20 ≤ 256: no replay-only step.
@@ -145,8 +150,35 @@ fn replay_threshold_replay_only_steps_and_the_buffer_bound_follow_the_spec() {
 }
 
 #[test]
+fn samples_that_waited_max_wait_seconds_are_stepped_on_topped_up_to_a_cloud_batch() {
+    let (_dir, _, store, metrics, engine, watch) = started(AdaptConfig { max_wait_seconds: 0.05, ..spec_rule() });
+    let mut feed = Feed { seq: 0, image: 0 };
+
+    // 40 queued: one step of 32; 8 are left waiting for the next batch end.
+    feed.batch(&store, 40, 1, 10_000);
+    engine.schedule(&scope());
+    wait_through(&watch, 1);
+    assert_eq!((metrics.steps.get(), metrics.partial_steps.get()), (1, 0));
+    assert_eq!(store.meta(&scope()).unwrap().queued_samples, 8);
+
+    // A batch end with no uploads, once the 8 have waited longer than 50 ms: the spec's rule
+    // would keep them queued until 24 more arrive; they are stepped on now, with the newest 24
+    // samples stepped on before (distillation on 32, replay being below 256).
+    std::thread::sleep(Duration::from_millis(100));
+    feed.batch(&store, 0, 2, 10_000);
+    engine.schedule(&scope());
+    wait_through(&watch, 2);
+    assert_eq!((metrics.steps.get(), metrics.partial_steps.get()), (2, 1));
+    assert_eq!(metrics.distill_batch.get(), 32.0, "8 new samples topped up to a cloud batch");
+    assert_eq!(metrics.queue_age_seconds.count(), 40, "each new sample's wait is measured once");
+    let meta = store.meta(&scope()).unwrap();
+    assert_eq!((meta.version, meta.queued_samples, meta.replay_len()), (2, 0, 40));
+    engine.stop();
+}
+
+#[test]
 fn rollback_republishes_a_stored_version_as_the_next_one() {
-    let (_dir, _, store, _metrics, engine, watch) = started(AdaptConfig::default());
+    let (_dir, _, store, _metrics, engine, watch) = started(spec_rule());
     let mut feed = Feed { seq: 0, image: 0 };
     // 96 samples: three steps, versions 1–3.
     feed.batch(&store, 96, 1, 10_000);
@@ -203,7 +235,7 @@ fn outcome(guard: GuardOutcome, drift: bool) -> Option<BatchOutcome> {
 
 #[test]
 fn a_drift_report_resets_the_scope_and_leaves_what_was_queued_before_to_replay() {
-    let config = AdaptConfig { max_queue_seconds: 0.0, ..AdaptConfig::default() };
+    let config = AdaptConfig { max_queue_seconds: 0.0, ..spec_rule() };
     let (_dir, _, store, metrics, engine, watch) = started(config.clone());
     let mut feed = Feed { seq: 0, image: 0 };
     feed.batch(&store, 40, 1, 10_000);
@@ -250,7 +282,7 @@ fn a_drift_report_resets_the_scope_and_leaves_what_was_queued_before_to_replay()
 
 #[test]
 fn reverts_in_a_row_reset_a_diverged_scope() {
-    let config = AdaptConfig { max_queue_seconds: 0.0, reset_after_reverts: 2, ..AdaptConfig::default() };
+    let config = AdaptConfig { max_queue_seconds: 0.0, reset_after_reverts: 2, ..spec_rule() };
     let (_dir, _, store, metrics, engine, watch) = started(config);
     let mut feed = Feed { seq: 0, image: 0 };
     let guards = [GuardOutcome::Source, GuardOutcome::Adapted, GuardOutcome::Source, GuardOutcome::Source];
@@ -304,8 +336,7 @@ fn replay_draws_are_distinct_in_range_and_uniform() {
 fn idle_replay_steps_run_after_a_finished_batch_and_join_its_version() {
     // The same feed into an engine without and one with two idle replay steps.
     let run = |idle_replay_steps: usize| {
-        let (_dir, _, store, metrics, engine, watch) =
-            started(AdaptConfig { idle_replay_steps, ..AdaptConfig::default() });
+        let (_dir, _, store, metrics, engine, watch) = started(AdaptConfig { idle_replay_steps, ..spec_rule() });
         let mut feed = Feed { seq: 0, image: 0 };
         // 300 samples (the buffer holds them on arrival): 9 steps of 32, 12 left queued.
         feed.batch(&store, 300, 1, 10_000);
@@ -334,7 +365,7 @@ fn idle_replay_steps_run_after_a_finished_batch_and_join_its_version() {
 #[test]
 fn with_the_statistics_uplink_running_statistics_follow_the_edges_batches() {
     let (_dir, student, store, metrics, engine, watch) =
-        started(AdaptConfig { student_statistics: StudentStatistics::Edge, ..AdaptConfig::default() });
+        started(AdaptConfig { student_statistics: StudentStatistics::Edge, ..spec_rule() });
     let mut feed = Feed { seq: 0, image: 0 };
     let onnx = OnnxModel::load(&student).unwrap();
     let discovery = cema_core::NormDiscovery::of(&onnx);

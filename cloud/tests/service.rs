@@ -33,7 +33,12 @@ async fn start() -> Harness {
     std::fs::copy(&student, &float).unwrap();
     let text = support::STUDENT_MANIFEST.replace("pixels = \"u8\"", "pixels = \"f32\"");
     std::fs::write(Manifest::path_for(&float), text).unwrap();
-    let model = |edge: &std::path::Path| ModelConfig { keep_versions: 5, ..ModelConfig::new(edge, &foundation) };
+    let model = |edge: &std::path::Path| {
+        let mut model = ModelConfig { keep_versions: 5, ..ModelConfig::new(edge, &foundation) };
+        // The spec's step rule, so no step depends on how slow the machine is.
+        model.adapt.max_wait_seconds = 0.0;
+        model
+    };
     let config = CloudConfig::loopback(BTreeMap::from([
         ("default".to_owned(), model(&student)),
         ("float".to_owned(), model(&float)),

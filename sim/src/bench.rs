@@ -135,7 +135,7 @@ fn adapted_streams(
         args.extend(flags);
         specs.push(edge_spec(bins, &data, &stream_device_id(method, m, "bench"), model, student, "lockstep", args)?);
     }
-    let config = cloud_config(student, foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW));
+    let config = cloud_config(student, foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW), "lockstep");
     let cloud = CloudProcess::start(bins, &data, &config)?;
     eprintln!("cloud {}: {} in turn, lockstep", cloud.grpc, methods.join(" and "));
     fleet::run_edges(bins, &cloud, &specs, 1)?;

@@ -165,22 +165,34 @@ pub(crate) const IDLE_REPLAY_STEPS: usize = 4;
 /// Its replay window (newest samples drawn from; `None`: the whole buffer).
 pub(crate) const IDLE_REPLAY_WINDOW: Option<usize> = Some(256);
 
+/// The evaluation cloud: one model per cloud method (`cema`, `bnstats`, `cemafb`, `stats`,
+/// `statsidle`). In lockstep every model keeps the spec's step rule (`max_wait_seconds = 0`),
+/// so lockstep figures do not depend on the clock; real time uses the default.
 pub(crate) fn cloud_config(
     student: &Path,
     foundation: &Path,
     (idle_replay_steps, window): (usize, Option<usize>),
+    pacing: &str,
 ) -> String {
     let idle_replay_window = window.map(|w| format!("idle_replay_window = {w}\n")).unwrap_or_default();
-    format!(
-        "engine_workers = 1\n\n[models.cema]\nedge = {s:?}\nfoundation = {f:?}\n\n\
-         [models.bnstats]\nedge = {s:?}\nfoundation = {f:?}\n[models.bnstats.adapt]\nmethod = \"bn-stats\"\n\n\
-         [models.cemafb]\nedge = {s:?}\nfoundation = {f:?}\n[models.cemafb.adapt]\nstats_init = \"first_batch\"\n\n\
-         [models.stats]\nedge = {s:?}\nfoundation = {f:?}\n[models.stats.adapt]\nstudent_statistics = \"edge\"\n\n\
-         [models.statsidle]\nedge = {s:?}\nfoundation = {f:?}\n[models.statsidle.adapt]\nstudent_statistics = \"edge\"\n\
-         idle_replay_steps = {idle_replay_steps}\n{idle_replay_window}",
-        s = student.display().to_string(),
-        f = foundation.display().to_string()
-    )
+    let idle = format!("student_statistics = \"edge\"\nidle_replay_steps = {idle_replay_steps}\n{idle_replay_window}");
+    let models = [
+        ("cema", String::new()),
+        ("bnstats", "method = \"bn-stats\"\n".to_owned()),
+        ("cemafb", "stats_init = \"first_batch\"\n".to_owned()),
+        ("stats", "student_statistics = \"edge\"\n".to_owned()),
+        ("statsidle", idle),
+    ];
+    let lockstep = if pacing.starts_with("realtime:") { "" } else { "max_wait_seconds = 0.0\n" };
+    let mut config = String::from("engine_workers = 1\n");
+    for (id, adapt) in models {
+        config.push_str(&format!(
+            "\n[models.{id}]\nedge = {s:?}\nfoundation = {f:?}\n[models.{id}.adapt]\n{adapt}{lockstep}",
+            s = student.display().to_string(),
+            f = foundation.display().to_string()
+        ));
+    }
+    config
 }
 
 /// Edge flags of a pacing: at a camera's pace (`realtime:`), the source guard (an update can

@@ -146,8 +146,11 @@ fn run_pacing(
         args.extend(realtime_flags(pacing));
         specs.push(edge_spec(bins, &data, &format!("edge-{}", i + 1), "cema", student, pacing, args)?);
     }
-    let cloud =
-        CloudProcess::start(bins, &data, &cloud_config(student, foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW)))?;
+    let cloud = CloudProcess::start(
+        bins,
+        &data,
+        &cloud_config(student, foundation, (IDLE_REPLAY_STEPS, IDLE_REPLAY_WINDOW), pacing),
+    )?;
     eprintln!("CEMA, {label}: cloud on {}, {} edges streaming", cloud.grpc, specs.len());
     fleet::run_edges(bins, &cloud, &specs, specs.len())?;
     let metrics = cloud.metrics().unwrap_or_default();

@@ -220,7 +220,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let mut cloud_metrics = String::new();
     if !specs.is_empty() {
         let idle_window = Some(args.idle_replay_window).filter(|&w| w > 0);
-        let config = cloud_config(&student, &foundation, (args.idle_replay_steps, idle_window));
+        let config = cloud_config(&student, &foundation, (args.idle_replay_steps, idle_window), &args.pacing);
         let cloud = CloudProcess::start(&bins, &data, &config)?;
         eprintln!("{} adapted streams on cloud {} ({} at a time)", specs.len(), cloud.grpc, args.parallel);
         fleet::run_edges(&bins, &cloud, &specs, args.parallel)?;

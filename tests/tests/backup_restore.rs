@@ -24,8 +24,7 @@ fn ok(output: Output) -> String {
 async fn a_backup_taken_while_serving_restores_to_the_same_state() {
     // Every sample stepped on, however late, so the versions below do not depend on how far
     // the engine falls behind the three batches sent at once (newest-data-first is off).
-    let TinyCloud { dir, student, bins, data, config, cloud, token } =
-        tiny_cloud_with("[models.default.adapt]\nmax_queue_seconds = 0.0\n");
+    let TinyCloud { dir, student, bins, data, config, cloud, token } = tiny_cloud_with("max_queue_seconds = 0.0\n");
 
     // Three batches of 40 samples: steps run, versions are stored.
     let mut c = client(&cloud).await;

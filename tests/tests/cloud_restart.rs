@@ -76,7 +76,7 @@ async fn kill_9_during_steps_resumes_and_versions_continue() {
     let TinyCloud { dir: _dir, student, bins, data, config, cloud, token } = tiny_cloud_with(
         // The steps counted below are cema-spec's: every sample stepped on, however late, so
         // the engine's newest-data-first rule (for uploads that pile up) is off here.
-        "[models.default.adapt]\nmax_queue_seconds = 0.0\n",
+        "max_queue_seconds = 0.0\n",
     );
 
     // 12 batches of 40 samples: by cema-spec, batch k leaves (40k mod 32)… the exact count is

@@ -19,8 +19,8 @@ use crate::GraphError;
 
 pub use adapter::{Adapter, DistillReport, ScopeState};
 pub use config::{
-    AdaptConfig, CloudMethod, DEFAULT_MAX_QUEUE_SECONDS, DEFAULT_RESET_AFTER_REVERTS, MAX_IDLE_REPLAY_STEPS, StatsInit,
-    StudentStatistics,
+    AdaptConfig, CloudMethod, DEFAULT_MAX_QUEUE_SECONDS, DEFAULT_MAX_WAIT_SECONDS, DEFAULT_RESET_AFTER_REVERTS,
+    MAX_IDLE_REPLAY_STEPS, StatsInit, StudentStatistics,
 };
 pub use round::{DistillKind, DistilledStep, Replay, RoundInput, RoundOutcome};
 

@@ -1,6 +1,7 @@
 //! One round of a scope: the order CEMA's cloud side runs its steps in for one queued batch.
 //!
-//! A round takes `cloud_batch` new samples (or none, when fewer precede the batch end) and:
+//! A round takes `cloud_batch` new samples (or none, when fewer precede the batch end; or all
+//! of them once the oldest has waited `max_wait_seconds`: a partial step) and:
 //! 0. resets the scope to the source models when asked (drift, or a diverged state);
 //! 1. adopts the edge's first-batch statistics, if the batch end carries them and the scope's
 //!    statistics were not yet set from data;
@@ -39,6 +40,10 @@ pub trait Replay {
         step: u64,
         window: Option<usize>,
     ) -> Result<Vec<SampleValues>, AdaptError>;
+
+    /// The newest `count` samples (all of them if fewer) among those already stepped on, i.e.
+    /// before the ones still queued: what a partial step tops its batch up with.
+    fn recent(&mut self, count: usize) -> Result<Vec<SampleValues>, AdaptError>;
 }
 
 /// What one round works on, taken from the scope's queue by the caller.
@@ -46,7 +51,9 @@ pub trait Replay {
 pub struct RoundInput {
     /// The scope's latest version; a round that changes the edge model makes `version + 1`.
     pub version: u64,
-    /// `cloud_batch` new samples in queue order, or `None` when fewer precede the batch end.
+    /// `cloud_batch` new samples in queue order, or `None` when fewer precede the batch end; or
+    /// fewer (a partial step, `max_wait_seconds`), which the round tops up to a cloud batch with
+    /// the newest samples stepped on before.
     pub new: Option<Vec<SampleValues>>,
     /// Whether this round completes its batch end: less than a cloud batch is left before it
     /// after this round's samples (always so when `new` is `None`).
@@ -159,8 +166,8 @@ impl Adapter {
         Ok(outcome)
     }
 
-    /// The step on `cloud_batch` new samples: foundation step and distillation with replay
-    /// (CEMA), or the running-statistics update (`bn-stats`).
+    /// The step on `cloud_batch` new samples (fewer in a partial step, topped up): foundation
+    /// step and distillation with replay (CEMA), or the running-statistics update (`bn-stats`).
     fn step_on_new(
         &mut self,
         state: &mut ScopeState,
@@ -169,6 +176,11 @@ impl Adapter {
         outcome: &mut RoundOutcome,
     ) -> Result<(), AdaptError> {
         let mut samples: Vec<&SampleValues> = new.iter().collect();
+        // A partial step keeps the batch size the step's statistics and learning rates were
+        // set for: the foundation's TBR statistics over one or two images would be noise.
+        let missing = self.config().cloud_batch.saturating_sub(new.len());
+        let top_up = if missing > 0 { replay.recent(missing)? } else { Vec::new() };
+        samples.extend(top_up.iter());
         match self.config().method {
             CloudMethod::Cema => {
                 let foundation_loss = self.foundation_step(state, &samples)?;

@@ -21,10 +21,13 @@ pub(crate) fn shipped_models() -> (PathBuf, PathBuf) {
     (root.join("student.onnx"), root.join("foundation.onnx"))
 }
 
-/// Cloud config for one model id `default`.
+/// Cloud config for one model id `default`, with the spec's step rule (a step once a cloud
+/// batch is queued; `max_wait_seconds = 0`), so what a test counts does not depend on how fast
+/// the machine runs it. `extra` follows, opening with more `[models.default.adapt]` keys if
+/// it has any.
 pub(crate) fn config(student: &Path, foundation: &Path, extra: &str) -> String {
     format!(
-        "[models.default]\nedge = {:?}\nfoundation = {:?}\n{extra}",
+        "[models.default]\nedge = {:?}\nfoundation = {:?}\n[models.default.adapt]\nmax_wait_seconds = 0.0\n{extra}",
         student.display().to_string(),
         foundation.display().to_string()
     )
