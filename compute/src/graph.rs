@@ -8,7 +8,7 @@ use cema_core::{NormLayer, NormParams, NormTensor, OnnxModel};
 
 use crate::error::{GraphError, ShapeError};
 use crate::norm::{BatchStats, NormMode, normalise};
-use crate::ops::{Folded, Tape, Value, apply, conv_shifted};
+use crate::ops::{Folded, Tape, Value, apply, conv_shifted, f32_values};
 use crate::plan::{Op, Plan};
 
 /// Which stored tensors receive gradients.
@@ -167,15 +167,7 @@ impl Graph {
     /// (`a = γ/√(σ²_r + ε)`, `b = β − μ_r·a`), for folding into the convolution before it.
     fn inference_affine(&self, layer: usize, relu: bool) -> Result<Folded, ShapeError> {
         let slots = self.norm[layer];
-        let get = |slot: usize| {
-            let value = self.stored[slot].as_ref().ok_or(ShapeError::UnsetNormTensor)?;
-            value
-                .t
-                .clone()
-                .into_data()
-                .try_into_vec::<f32>()
-                .map_err(|_| ShapeError::Unsupported("non-f32 normalisation"))
-        };
+        let get = |slot: usize| f32_values(&self.stored[slot].as_ref().ok_or(ShapeError::UnsetNormTensor)?.t);
         let (gamma, beta, mean, var) = (get(slots.scale)?, get(slots.bias)?, get(slots.mean)?, get(slots.var)?);
         let eps = self.plan.norm_layers[layer].epsilon;
         let scale: Vec<f32> = gamma.iter().zip(&var).map(|(g, v)| g / (v + eps).sqrt()).collect();

@@ -305,6 +305,11 @@ fn reshape_target(dims: &[usize], shape: &[i64]) -> Result<Vec<usize>, ShapeErro
     Ok(target)
 }
 
+/// A tensor's values, for the frozen paths that compute outside burn.
+pub(crate) fn f32_values(t: &Tensor<4>) -> Result<Vec<f32>, ShapeError> {
+    t.clone().into_data().try_into_vec::<f32>().map_err(|_| ShapeError::Unsupported("values that are not f32"))
+}
+
 /// What a frozen inference forward folds into the stride-1 convolution before it: the
 /// normalisation layer that alone reads the convolution (per output channel, `scale`
 /// multiplies the weights and `shift` is added) and the ReLU that alone reads that.
@@ -328,11 +333,9 @@ pub(crate) fn conv_shifted(args: &[Value], window: &Window, folded: Option<Folde
     if cin != c {
         return Err(ShapeError::Channels { expected: cin, actual: c });
     }
-    let not_f32 = || ShapeError::Unsupported("convolution of values that are not f32");
-    let values = |t: &Tensor<4>| t.clone().into_data().try_into_vec::<f32>().map_err(|_| not_f32());
-    let mut weights = values(&weight.t)?;
+    let mut weights = f32_values(&weight.t)?;
     let mut shift = match args.get(2) {
-        Some(bias) => values(&bias.t)?,
+        Some(bias) => f32_values(&bias.t)?,
         None => vec![0.0; cout],
     };
     if shift.len() != cout {
@@ -359,9 +362,7 @@ pub(crate) fn conv_shifted(args: &[Value], window: &Window, folded: Option<Folde
         padding: window.padding,
         dilation: window.dilation,
     };
-    let [out_h, out_w] = geometry.output().ok_or(ShapeError::Unsupported("a kernel larger than its padded input"))?;
-    let input = values(&x)?;
-    let y = conv_stride1(&input, &weights, &shift, relu, &geometry)?;
+    let (y, [out_h, out_w]) = conv_stride1(&f32_values(&x)?, &weights, &shift, relu, &geometry)?;
     Ok(Value { t: Tensor::from_data(TensorData::new(y, [n, cout, out_h, out_w]), &x.device()), rank: 4 })
 }
 

@@ -43,7 +43,7 @@ impl Geometry {
     }
 
     /// Output height and width, or `None` when the dilated kernel does not fit.
-    pub(crate) fn output(&self) -> Option<[usize; 2]> {
+    fn output(&self) -> Option<[usize; 2]> {
         let [hp, wp] = self.padded();
         let reach = |axis: usize| self.dilation[axis] * (self.kernel[axis].max(1) - 1);
         Some([hp.checked_sub(reach(0))?, wp.checked_sub(reach(1))?]).filter(|[h, w]| *h > 0 && *w > 0)
@@ -51,14 +51,14 @@ impl Geometry {
 }
 
 /// The convolution of `input` `[N, C, H, W]` with `weight` `[Cout, C, kh, kw]`, plus `shift`
-/// (one value per output channel), through a ReLU if `relu`: `[N, Cout, H', W']`.
+/// (one value per output channel), through a ReLU if `relu`: `[N, Cout, H', W']`, and `[H', W']`.
 pub(crate) fn conv_stride1(
     input: &[f32],
     weight: &[f32],
     shift: &[f32],
     relu: bool,
     g: &Geometry,
-) -> Result<Vec<f32>, ShapeError> {
+) -> Result<(Vec<f32>, [usize; 2]), ShapeError> {
     let [h, w] = g.size;
     let [kh, kw] = g.kernel;
     let [dh, dw] = g.dilation;
@@ -114,5 +114,5 @@ pub(crate) fn conv_stride1(
         }
         Ok::<(), ShapeError>(())
     })?;
-    Ok(output)
+    Ok((output, [out_h, out_w]))
 }
