@@ -43,15 +43,29 @@ pub struct Graph {
     norm: Vec<NormSlots>,
     /// Per step: for a stride-1 convolution, what a frozen inference forward folds into it.
     folds: Vec<Option<Fold>>,
+    /// Per step and input: whether no later read of the slot follows, so the forward may move
+    /// the value instead of sharing it (a value held once is read without a copy and updated
+    /// in place).
+    last_reads: Vec<Vec<bool>>,
     device: Device,
 }
 
 /// The steps a frozen inference forward folds into a stride-1 convolution: the normalisation
-/// layer that alone reads its output (the next step), and the ReLU that alone reads that one's.
+/// layer that alone reads its output (the next step), then optionally a residual sum that alone
+/// reads the layer's output, then optionally a ReLU that alone reads the last of these.
 #[derive(Debug, Clone, Copy)]
 struct Fold {
     layer: usize,
+    residual: Option<Residual>,
     relu: bool,
+}
+
+/// The other operand of a folded residual sum, computed before the convolution.
+#[derive(Debug, Clone, Copy)]
+struct Residual {
+    slot: usize,
+    /// Whether the sum is the operand's last read.
+    last: bool,
 }
 
 /// What a forward pass produces.
@@ -99,8 +113,9 @@ impl Graph {
             is_trainable[*slot] = train;
             stored[*slot] = Some(if train { Value { t: value.t.require_grad(), rank: value.rank } } else { value });
         }
-        let folds = folds(&plan);
-        Ok(Self { plan, stored, trainable: is_trainable, norm, folds, device: device.clone() })
+        let last_reads = last_reads(&plan);
+        let folds = folds(&plan, &last_reads);
+        Ok(Self { plan, stored, trainable: is_trainable, norm, folds, last_reads, device: device.clone() })
     }
 
     /// The device the graph lives on.
@@ -127,14 +142,26 @@ impl Graph {
             let args: Vec<Value> = step
                 .inputs
                 .iter()
-                .map(|&slot| values[slot].clone().ok_or_else(|| shape(ShapeError::UnsetSlot(slot))))
+                .zip(&self.last_reads[index - 1])
+                .map(|(&slot, &last)| {
+                    let value = if last { values[slot].take() } else { values[slot].clone() };
+                    value.ok_or_else(|| shape(ShapeError::UnsetSlot(slot)))
+                })
                 .collect::<Result<_, _>>()?;
-            if let (true, Some(Fold { layer, relu }), Op::Conv { window, .. }) = (fold, self.folds[index - 1], &step.op)
+            if let (true, Some(Fold { layer, residual, relu }), Op::Conv { window, .. }) =
+                (fold, self.folds[index - 1], &step.op)
             {
                 let folded = self.inference_affine(layer, relu).map_err(shape)?;
-                let out = conv_shifted(&args, window, Some(folded)).map_err(shape)?;
+                let residual = match residual {
+                    Some(Residual { slot, last }) => Some(
+                        if last { values[slot].take() } else { values[slot].clone() }
+                            .ok_or_else(|| shape(ShapeError::UnsetSlot(slot)))?,
+                    ),
+                    None => None,
+                };
                 // The folded steps' outputs are read by nothing but the next folded step.
-                index += 1 + usize::from(relu);
+                index += 1 + usize::from(residual.is_some()) + usize::from(relu);
+                let out = conv_shifted(args, window, Some(folded), residual).map_err(shape)?;
                 values[self.plan.steps[index - 1].output] = Some(out);
                 continue;
             }
@@ -302,10 +329,31 @@ impl Graph {
     }
 }
 
+/// Per step and input, whether it is the slot's last read: no later input of this step or of a
+/// later one reads it, and it is not the graph's output.
+fn last_reads(plan: &Plan) -> Vec<Vec<bool>> {
+    let mut read_later = vec![false; plan.slots];
+    read_later[plan.output] = true;
+    let mut last: Vec<Vec<bool>> = plan
+        .steps
+        .iter()
+        .rev()
+        .map(|step| {
+            let mut step_last: Vec<bool> =
+                step.inputs.iter().rev().map(|&slot| !std::mem::replace(&mut read_later[slot], true)).collect();
+            step_last.reverse();
+            step_last
+        })
+        .collect();
+    last.reverse();
+    last
+}
+
 /// Which stride-1, ungrouped convolutions a frozen inference forward folds the next steps into:
-/// a normalisation layer that is the convolution's only reader, and then a ReLU that is the
-/// layer's only reader.
-fn folds(plan: &Plan) -> Vec<Option<Fold>> {
+/// a normalisation layer that is the convolution's only reader; then a sum that is the layer's
+/// only reader, when its other operand exists before the convolution; then a ReLU that is the
+/// only reader of the last folded step.
+fn folds(plan: &Plan, last_reads: &[Vec<bool>]) -> Vec<Option<Fold>> {
     let mut readers = vec![0usize; plan.slots];
     for slot in plan.steps.iter().flat_map(|s| &s.inputs).chain([&plan.output]) {
         readers[*slot] += 1;
@@ -324,8 +372,22 @@ fn folds(plan: &Plan) -> Vec<Option<Fold>> {
                 return None;
             }
             let Op::BatchNorm { layer } = only_reader(i, i + 1)?.op else { return None };
-            let relu = only_reader(i + 1, i + 2).is_some_and(|r| matches!(r.op, Op::Relu));
-            Some(Fold { layer, relu })
+            let normalised = steps[i + 1].output;
+            let residual =
+                steps.get(i + 2).filter(|sum| matches!(sum.op, Op::Add) && readers[normalised] == 1).and_then(|sum| {
+                    let position = sum.inputs.iter().position(|&slot| slot != normalised)?;
+                    let slot = sum.inputs[position];
+                    let earlier = steps[i..].iter().all(|later| later.output != slot);
+                    (sum.inputs.len() == 2 && sum.inputs.contains(&normalised) && earlier)
+                        .then(|| Residual { slot, last: last_reads[i + 2][position] })
+                });
+            let last = i + 1 + usize::from(residual.is_some());
+            let relu = steps.get(last + 1).is_some_and(|r| {
+                matches!(r.op, Op::Relu)
+                    && readers[steps[last].output] == 1
+                    && r.inputs.first() == Some(&steps[last].output)
+            });
+            Some(Fold { layer, residual, relu })
         })
         .collect()
 }

@@ -24,6 +24,7 @@ mod ops;
 mod plan;
 mod shifted;
 mod train;
+mod trained;
 pub mod zoo;
 
 use burn::Tensor;

@@ -17,10 +17,12 @@
 //!   to the running statistics as PyTorch does (with the unbiased variance).
 
 use burn::Tensor;
+use burn::tensor::TensorData;
 use cema_core::NormLayer;
 
 use crate::error::ShapeError;
-use crate::ops::Value;
+use crate::ops::{Value, f32_values};
+use crate::trained::{Variance, normalise_trained};
 
 /// How normalisation layers compute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +65,38 @@ pub(crate) fn normalise(
     if dims[axis] != channels {
         return Err(ShapeError::Channels { expected: channels, actual: dims[axis] });
     }
-    let [gamma, beta, running_mean, running_var] = params.map(|p| p.reshape(shape));
     let eps = layer.epsilon;
+    if x.rank == 4 && mode != NormMode::Inference {
+        let [gamma, beta, running_mean, running_var] = &params;
+        let running = match mode {
+            NormMode::Tbr => Some((f32_values(running_mean)?, f32_values(running_var)?)),
+            _ => None,
+        };
+        let variance = if mode == NormMode::Batch { Variance::Biased } else { Variance::Unbiased };
+        let running = running.as_ref().map(|(mean, var)| (mean.as_slice(), var.as_slice()));
+        if let Some(measured) = normalise_trained(&x.t, [gamma, beta], running, eps, variance)? {
+            let device = x.t.device();
+            let per_channel = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
+            let stats = BatchStats { mean: per_channel(measured.mean), var: per_channel(measured.var) };
+            return Ok((Value { t: measured.output, rank: 4 }, Some(stats)));
+        }
+    }
+    composed(x, params, layer, mode)
+}
+
+/// [`normalise`] as a composition of burn's operations, which differentiate on their own:
+/// rank-2 inputs, inference mode, and tensors of other backends.
+fn composed(
+    x: &Value,
+    params: [Tensor<4>; 4],
+    layer: &NormLayer,
+    mode: NormMode,
+) -> Result<(Value, Option<BatchStats>), ShapeError> {
+    let channels = layer.channels;
+    let shape = if x.rank == 4 { [1, channels, 1, 1] } else { [1, 1, 1, channels] };
+    let dims = x.t.dims();
+    let eps = layer.epsilon;
+    let [gamma, beta, running_mean, running_var] = params.map(|p| p.reshape(shape));
     let running_std = running_var.add_scalar(eps).sqrt();
     // Every mode is `y = x̂·a + b` with per-channel `a`, `b`: two passes over the activations
     // instead of one per term of the formula, and the same function (and gradients) as written
@@ -108,4 +140,76 @@ pub(crate) fn normalise(
 /// of an `[N, C]` one (stored `[1, 1, N, C]`).
 fn channel_mean(t: Tensor<4>, rank: usize) -> Tensor<4> {
     if rank == 4 { t.mean_dim(0).mean_dim(2).mean_dim(3) } else { t.mean_dim(2) }
+}
+
+#[cfg(test)]
+mod tests {
+    use cema_core::onnx::generate::SplitMix64;
+
+    use super::*;
+    use crate::{batch, cpu_autodiff, values};
+
+    /// In every batch-statistics mode the layer's own operation gives burn's composition:
+    /// output, measured statistics, and the gradients of the input, γ and β.
+    #[test]
+    fn own_backward_matches_burns_composition() {
+        let device = cpu_autodiff();
+        let (n, c, h, w) = (3, 4, 5, 6);
+        let mut rng = SplitMix64::new(7);
+        let input = rng.vec(n * c * h * w, -2.0, 3.0);
+        let params = [rng.vec(c, 0.5, 1.5), rng.vec(c, -0.5, 0.5), rng.vec(c, -0.5, 0.5), rng.vec(c, 0.5, 2.0)];
+        let mix = rng.vec(n * c * h * w, -1.0, 1.0);
+        let layer = NormLayer {
+            node: "bn".into(),
+            input: "x".into(),
+            channels: c,
+            epsilon: 1e-5,
+            momentum: 0.9,
+            scale: "s".into(),
+            bias: "b".into(),
+            mean: "m".into(),
+            var: "v".into(),
+        };
+        for mode in [NormMode::Tbr, NormMode::TbrFirstBatch, NormMode::Batch] {
+            let run = |own: bool| {
+                let x = batch(&input, [n, c, h, w], &device).require_grad();
+                let stored = |v: &Vec<f32>, grad: bool| {
+                    let t = batch(v, [1, 1, 1, c], &device);
+                    if grad { t.require_grad() } else { t }
+                };
+                let p = [
+                    stored(&params[0], true),
+                    stored(&params[1], true),
+                    stored(&params[2], false),
+                    stored(&params[3], false),
+                ];
+                let value = Value { t: x.clone(), rank: 4 };
+                if own {
+                    let running = (values(p[2].clone()), values(p[3].clone()));
+                    let running = (mode == NormMode::Tbr).then_some((running.0.as_slice(), running.1.as_slice()));
+                    let variance = if mode == NormMode::Batch { Variance::Biased } else { Variance::Unbiased };
+                    let applies = normalise_trained(&x, [&p[0], &p[1]], running, layer.epsilon, variance);
+                    assert!(applies.expect("normalise").is_some(), "{mode:?}: the layer's own operation applies");
+                }
+                let (y, stats) = if own {
+                    normalise(&value, p.clone(), &layer, mode)
+                } else {
+                    composed(&value, p.clone(), &layer, mode)
+                }
+                .expect("normalise");
+                let stats = stats.expect("statistics");
+                let grads = y.t.clone().mul(batch(&mix, [n, c, h, w], &device)).sum().backward();
+                let grad = |t: &Tensor<4>| values(t.grad(&grads).expect("gradient"));
+                [values(y.t), values(stats.mean), values(stats.var), grad(&x), grad(&p[0]), grad(&p[1])]
+            };
+            let (own, theirs) = (run(true), run(false));
+            let names = ["output", "mean", "variance", "input gradient", "γ gradient", "β gradient"];
+            for ((a, b), name) in own.iter().zip(&theirs).zip(names) {
+                assert_eq!(a.len(), b.len(), "{mode:?}: {name}");
+                for (a, b) in a.iter().zip(b) {
+                    assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{mode:?}: {name}: {a} vs {b}");
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 
 use crate::error::ShapeError;
 use crate::plan::{Op, Window};
-use crate::shifted::{Geometry, conv_stride1};
+use crate::shifted::{Epilogue, Geometry, conv_stride1};
+use crate::trained::{Clamp, clamp_trained, conv_frozen_weight};
 
 /// Highest rank a value may have.
 pub(crate) const MAX_RANK: usize = 4;
@@ -115,6 +116,18 @@ pub(crate) fn apply(op: &Op, args: Vec<Value>, tape: Tape) -> Result<Value, Shap
     match op {
         Op::Relu | Op::Sigmoid | Op::HardSigmoid { .. } | Op::Clip { .. } | Op::Identity => {
             let v = first(&args)?;
+            let clamp = match op {
+                Op::Relu => Some(Clamp::Relu),
+                Op::Clip { min, max } => {
+                    Some(Clamp::Clip { min: min.unwrap_or(f32::NEG_INFINITY), max: max.unwrap_or(f32::INFINITY) })
+                }
+                _ => None,
+            };
+            if let (Tape::On, Some(clamp)) = (tape, clamp)
+                && let Some(t) = clamp_trained(&v.t, clamp)
+            {
+                return Ok(Value { t, rank: v.rank });
+            }
             Ok(Value { t: activation_of(op, v.t), rank: v.rank })
         }
         Op::Add | Op::Sub | Op::Mul | Op::Div => {
@@ -128,7 +141,7 @@ pub(crate) fn apply(op: &Op, args: Vec<Value>, tape: Tape) -> Result<Value, Shap
             };
             Ok(Value { t, rank })
         }
-        Op::Conv { .. } | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => spatial(op, &args, tape),
+        Op::Conv { .. } | Op::MaxPool { .. } | Op::AvgPool { .. } | Op::GlobalAvgPool => spatial(op, args, tape),
         Op::Gemm { .. } | Op::MatMul => matrix(op, args),
         Op::Flatten { .. } | Op::Reshape { .. } | Op::Pad { .. } | Op::Concat { .. } => layout(op, args),
         Op::Reduce { mean, axes, keepdims } => reduce(first(&args)?, *mean, axes, *keepdims),
@@ -158,8 +171,20 @@ fn activation_of(op: &Op, t: Tensor<4>) -> Tensor<4> {
 }
 
 /// Convolution and pooling over `[N, C, H, W]`.
-fn spatial(op: &Op, args: &[Value], tape: Tape) -> Result<Value, ShapeError> {
-    let x = first_rank4(args)?;
+fn spatial(op: &Op, args: Vec<Value>, tape: Tape) -> Result<Value, ShapeError> {
+    if let Op::Conv { window, groups: 1 } = op
+        && window.stride == [1, 1]
+    {
+        match tape {
+            Tape::Off => return conv_shifted(args, window, None, None),
+            Tape::On => {
+                if let Some(t) = conv_frozen_weights(&args, window)? {
+                    return Ok(Value { t, rank: 4 });
+                }
+            }
+        }
+    }
+    let x = first_rank4(&args)?;
     let t = match op {
         Op::Conv { window, groups } => {
             let weight = args.get(1).ok_or(ShapeError::MissingInput("weight"))?;
@@ -177,9 +202,6 @@ fn spatial(op: &Op, args: &[Value], tape: Tape) -> Result<Value, ShapeError> {
                 let (begin, end) = window.padding[axis];
                 x.dims()[2 + axis] + begin + end > window.dilation[axis] * (window.kernel[axis] - 1)
             };
-            if tape == Tape::Off && *groups == 1 && window.stride == [1, 1] {
-                return conv_shifted(args, window, None);
-            }
             if tape == Tape::Off && *groups == 1 && window.kernel != [1, 1] && fits(0) && fits(1) {
                 conv_by_columns(x, weight.t.clone(), bias, window)
             } else {
@@ -305,9 +327,14 @@ fn reshape_target(dims: &[usize], shape: &[i64]) -> Result<Vec<usize>, ShapeErro
     Ok(target)
 }
 
-/// A tensor's values, for the frozen paths that compute outside burn.
+/// A tensor's values, for the paths that compute outside burn.
 pub(crate) fn f32_values(t: &Tensor<4>) -> Result<Vec<f32>, ShapeError> {
-    t.clone().into_data().try_into_vec::<f32>().map_err(|_| ShapeError::Unsupported("values that are not f32"))
+    into_f32_values(t.clone())
+}
+
+/// A tensor's values, without a copy when nothing else holds them.
+fn into_f32_values(t: Tensor<4>) -> Result<Vec<f32>, ShapeError> {
+    t.into_data().try_into_vec::<f32>().map_err(|_| ShapeError::Unsupported("values that are not f32"))
 }
 
 /// What a frozen inference forward folds into the stride-1 convolution before it: the
@@ -320,50 +347,100 @@ pub(crate) struct Folded {
     pub(crate) relu: bool,
 }
 
+/// A stride-1 convolution's operands as values: the input, the weights, the bias (zeros when
+/// absent) and the geometry.
+struct Stride1 {
+    x: Tensor<4>,
+    weights: Vec<f32>,
+    shift: Vec<f32>,
+    geometry: Geometry,
+}
+
+impl Stride1 {
+    fn of(args: &[Value], window: &Window) -> Result<Self, ShapeError> {
+        let x = first_rank4(args)?;
+        let weight = args.get(1).ok_or(ShapeError::MissingInput("weight"))?;
+        let [n, c, h, w] = x.dims();
+        let [cout, cin, kh, kw] = match weight.dims()[..] {
+            [a, b, c, d] if weight.rank == 4 => [a, b, c, d],
+            _ => return Err(ShapeError::Rank { what: "2-D convolution weight", expected: "4", actual: weight.rank }),
+        };
+        if cin != c {
+            return Err(ShapeError::Channels { expected: cin, actual: c });
+        }
+        let weights = f32_values(&weight.t)?;
+        let shift = match args.get(2) {
+            Some(bias) => f32_values(&bias.t)?,
+            None => vec![0.0; cout],
+        };
+        if shift.len() != cout {
+            return Err(ShapeError::Channels { expected: cout, actual: shift.len() });
+        }
+        let geometry = Geometry {
+            batch: n,
+            channels: c,
+            size: [h, w],
+            out_channels: cout,
+            kernel: [kh, kw],
+            padding: window.padding,
+            dilation: window.dilation,
+        };
+        Ok(Self { x, weights, shift, geometry })
+    }
+}
+
 /// A stride-1, ungrouped convolution of a graph without autodiff (`shifted.rs`), with what
-/// follows it folded in.
-pub(crate) fn conv_shifted(args: &[Value], window: &Window, folded: Option<Folded>) -> Result<Value, ShapeError> {
-    let x = first_rank4(args)?;
-    let weight = args.get(1).ok_or(ShapeError::MissingInput("weight"))?;
-    let [n, c, h, w] = x.dims();
-    let [cout, cin, kh, kw] = match weight.dims()[..] {
-        [a, b, c, d] if weight.rank == 4 => [a, b, c, d],
-        _ => return Err(ShapeError::Rank { what: "2-D convolution weight", expected: "4", actual: weight.rank }),
-    };
-    if cin != c {
-        return Err(ShapeError::Channels { expected: cin, actual: c });
-    }
-    let mut weights = f32_values(&weight.t)?;
-    let mut shift = match args.get(2) {
-        Some(bias) => f32_values(&bias.t)?,
-        None => vec![0.0; cout],
-    };
-    if shift.len() != cout {
-        return Err(ShapeError::Channels { expected: cout, actual: shift.len() });
-    }
+/// follows it folded in: a normalisation layer and ReLU, and a residual added before the ReLU.
+pub(crate) fn conv_shifted(
+    mut args: Vec<Value>,
+    window: &Window,
+    folded: Option<Folded>,
+    residual: Option<Value>,
+) -> Result<Value, ShapeError> {
+    let Stride1 { x, mut weights, mut shift, geometry: g } = Stride1::of(&args, window)?;
+    // The input is now held once when no other step reads it, so its values are not copied.
+    args.clear();
     let relu = folded.as_ref().is_some_and(|f| f.relu);
     if let Some(folded) = folded {
-        if folded.scale.len() != cout || folded.shift.len() != cout {
-            return Err(ShapeError::Channels { expected: cout, actual: folded.scale.len() });
+        if folded.scale.len() != g.out_channels || folded.shift.len() != g.out_channels {
+            return Err(ShapeError::Channels { expected: g.out_channels, actual: folded.scale.len() });
         }
+        let filter_len = g.channels * g.kernel[0] * g.kernel[1];
         for ((filter, bias), (scale, add)) in
-            weights.chunks_exact_mut(cin * kh * kw).zip(shift.iter_mut()).zip(folded.scale.iter().zip(&folded.shift))
+            weights.chunks_exact_mut(filter_len).zip(shift.iter_mut()).zip(folded.scale.iter().zip(&folded.shift))
         {
             filter.iter_mut().for_each(|v| *v *= scale);
             *bias = *bias * scale + add;
         }
     }
-    let geometry = Geometry {
-        batch: n,
-        channels: c,
-        size: [h, w],
-        out_channels: cout,
-        kernel: [kh, kw],
-        padding: window.padding,
-        dilation: window.dilation,
+    let output = g.output().map(|[h, w]| [g.batch, g.out_channels, h, w]);
+    // A residual of another shape (a broadcast sum) is added by burn after the convolution.
+    let (residual, late) = match residual {
+        Some(r) if r.rank == 4 && Some(r.t.dims()) == output => (Some(into_f32_values(r.t)?), None),
+        other => (None, other),
     };
-    let (y, [out_h, out_w]) = conv_stride1(&f32_values(&x)?, &weights, &shift, relu, &geometry)?;
-    Ok(Value { t: Tensor::from_data(TensorData::new(y, [n, cout, out_h, out_w]), &x.device()), rank: 4 })
+    let epilogue = Epilogue { shift: &shift, residual: residual.as_deref(), relu: relu && late.is_none() };
+    let device = x.device();
+    let (y, [out_h, out_w]) = conv_stride1(&into_f32_values(x)?, &weights, epilogue, &g)?;
+    let dims = [g.batch, g.out_channels, out_h, out_w];
+    let mut out = Value { t: Tensor::from_data(TensorData::new(y, dims), &device), rank: 4 };
+    if let Some(r) = late {
+        out = apply(&Op::Add, vec![out, r], Tape::Off)?;
+        if relu {
+            out = apply(&Op::Relu, vec![out], Tape::Off)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A stride-1, ungrouped convolution in a training forward whose weights and bias learn
+/// nothing (`trained_conv.rs`); `None` where burn's convolution must run instead.
+fn conv_frozen_weights(args: &[Value], window: &Window) -> Result<Option<Tensor<4>>, ShapeError> {
+    if args.iter().skip(1).any(|operand| operand.t.is_tracked()) {
+        return Ok(None);
+    }
+    let Stride1 { x, weights, shift, geometry } = Stride1::of(args, window)?;
+    conv_frozen_weight(&x, &weights, &shift, &geometry)
 }
 
 /// A convolution as one matrix product over columns built from the input's rows:
@@ -461,14 +538,14 @@ mod tests {
                 Value { t: weight, rank: 4 },
                 Value::from_logical(bias_t.reshape([1, 1, 1, cout]), &[cout]).expect("bias"),
             ];
-            let plain = conv_shifted(&args, &window, None).expect("convolution");
+            let plain = conv_shifted(args.to_vec(), &window, None, None).expect("convolution");
             assert_eq!(plain.t.dims(), dims, "case {case}");
             for (a, e) in values(plain.t).iter().zip(&expected) {
                 assert!((a - e).abs() <= 1e-4, "case {case}: {a} vs {e}");
             }
             let (scale, shift) = (rng.vec(cout, -2.0, 2.0), rng.vec(cout, -1.0, 1.0));
             let folded = Folded { scale: scale.clone(), shift: shift.clone(), relu: true };
-            let fused = values(conv_shifted(&args, &window, Some(folded)).expect("folded convolution").t);
+            let fused = values(conv_shifted(args.to_vec(), &window, Some(folded), None).expect("folded convolution").t);
             let plane = dims[2] * dims[3];
             for (i, (a, e)) in fused.iter().zip(&expected).enumerate() {
                 let channel = (i / plane) % cout;

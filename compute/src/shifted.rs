@@ -7,8 +7,9 @@
 //! offset `i·dh·Wp + j·dw`: the product of the tap's `[Cout, C]` weights with the `[C, H'·Wp]`
 //! view accumulates into `[Cout, H'·Wp]`, whose first `W'` columns of each row are the output
 //! (the others straddle two padded rows and are dropped). The caller may fold a following
-//! normalisation layer's scale into the weights; its shift and a ReLU are applied as the
-//! output is written, so the activations are written once instead of once per operator.
+//! normalisation layer's scale into the weights; its shift, a residual sum and a ReLU are
+//! applied as the output is written, so the activations are written once instead of once per
+//! operator.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayView4, ArrayViewMut2, Axis, Slice};
@@ -43,22 +44,31 @@ impl Geometry {
     }
 
     /// Output height and width, or `None` when the dilated kernel does not fit.
-    fn output(&self) -> Option<[usize; 2]> {
+    pub(crate) fn output(&self) -> Option<[usize; 2]> {
         let [hp, wp] = self.padded();
         let reach = |axis: usize| self.dilation[axis] * (self.kernel[axis].max(1) - 1);
         Some([hp.checked_sub(reach(0))?, wp.checked_sub(reach(1))?]).filter(|[h, w]| *h > 0 && *w > 0)
     }
 }
 
-/// The convolution of `input` `[N, C, H, W]` with `weight` `[Cout, C, kh, kw]`, plus `shift`
-/// (one value per output channel), through a ReLU if `relu`: `[N, Cout, H', W']`, and `[H', W']`.
+/// What is applied as the output is written: per output channel a `shift`, then an optional
+/// `residual` of the output's size added, then an optional ReLU.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub(crate) shift: &'a [f32],
+    pub(crate) residual: Option<&'a [f32]>,
+    pub(crate) relu: bool,
+}
+
+/// The convolution of `input` `[N, C, H, W]` with `weight` `[Cout, C, kh, kw]`, then `epilogue`:
+/// `[N, Cout, H', W']`, and `[H', W']`.
 pub(crate) fn conv_stride1(
     input: &[f32],
     weight: &[f32],
-    shift: &[f32],
-    relu: bool,
+    epilogue: Epilogue<'_>,
     g: &Geometry,
 ) -> Result<(Vec<f32>, [usize; 2]), ShapeError> {
+    let Epilogue { shift, residual, relu } = epilogue;
     let [h, w] = g.size;
     let [kh, kw] = g.kernel;
     let [dh, dw] = g.dilation;
@@ -72,6 +82,9 @@ pub(crate) fn conv_stride1(
     }
     if shift.len() != cout {
         return Err(mismatch("convolution shift of another length than its output channels"));
+    }
+    if residual.is_some_and(|r| r.len() != g.batch * cout * out_h * out_w) {
+        return Err(mismatch("residual of another size than the convolution's output"));
     }
     let weight = ArrayView4::from_shape((cout, c, kh, kw), weight)
         .map_err(|_| mismatch("convolution weight of another size than its geometry"))?;
@@ -102,13 +115,17 @@ pub(crate) fn conv_stride1(
             }
         }
         let acc = acc.as_slice().ok_or(mismatch("accumulator layout"))?;
+        let residual = residual.map(|r| &r[image * cout * plane..][..cout * plane]);
         for (co, (dst, &add)) in out.chunks_exact_mut(plane).zip(shift).enumerate() {
             for (oy, dst_row) in dst.chunks_exact_mut(out_w).enumerate() {
                 let src_row = &acc[co * span + oy * wp..][..out_w];
+                dst_row.iter_mut().zip(src_row).for_each(|(d, s)| *d = s + add);
+                if let Some(residual) = residual {
+                    let res_row = &residual[co * plane + oy * out_w..][..out_w];
+                    dst_row.iter_mut().zip(res_row).for_each(|(d, r)| *d += r);
+                }
                 if relu {
-                    dst_row.iter_mut().zip(src_row).for_each(|(d, s)| *d = (s + add).max(0.0));
-                } else {
-                    dst_row.iter_mut().zip(src_row).for_each(|(d, s)| *d = s + add);
+                    dst_row.iter_mut().for_each(|d| *d = d.max(0.0));
                 }
             }
         }

@@ -322,3 +322,26 @@ fn built_in_architectures_match() {
     check("student architecture", &ResNetSpec::STUDENT.build(1).expect("model"), [3, 1, 28, 28], 12);
     check("foundation architecture", &ResNetSpec::FOUNDATION.build(2).expect("model"), [2, 1, 28, 28], 13);
 }
+
+/// Convolution → normalisation → sum → ReLU, which a frozen forward computes as one step when
+/// the sum's other operand is the convolution's input's size: a shortcut from the input (either
+/// operand order), and a per-channel constant the sum broadcasts (added after the step).
+#[test]
+fn folded_residual_sums_match() {
+    let cases: [(&str, bool, bool); 3] =
+        [("identity shortcut", false, false), ("shortcut first", false, true), ("broadcast constant", true, false)];
+    for (i, (what, broadcast, shortcut_first)) in cases.into_iter().enumerate() {
+        let model = single(|g, x| {
+            let w = weights(g, "w", &[4, 4, 3, 3], 50 + i as u64);
+            let conv = g.node("Conv", &[x, &w], &["conv"], &[("pads", Attr::Ints(vec![1; 4]))]);
+            let mut rng = SplitMix64::new(60 + i as u64);
+            let params = [rng.vec(4, 0.5, 1.5), rng.vec(4, -0.5, 0.5), rng.vec(4, -0.5, 0.5), rng.vec(4, 0.5, 2.0)];
+            let bn = g.batch_norm(&conv, "bn", [&params[0], &params[1], &params[2], &params[3]], 1e-5);
+            let other = if broadcast { weights(g, "c", &[4, 1, 1], 70) } else { x.to_owned() };
+            let operands = if shortcut_first { [other.as_str(), bn.as_str()] } else { [bn.as_str(), other.as_str()] };
+            let sum = g.node("Add", &operands, &["sum"], &[]);
+            g.node("Relu", &[&sum], &["out"], &[])
+        });
+        check(what, &model, DIMS, 20 + i as u64);
+    }
+}
