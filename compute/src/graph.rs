@@ -143,20 +143,16 @@ impl Graph {
                 .inputs
                 .iter()
                 .zip(&self.last_reads[index - 1])
-                .map(|(&slot, &last)| {
-                    let value = if last { values[slot].take() } else { values[slot].clone() };
-                    value.ok_or_else(|| shape(ShapeError::UnsetSlot(slot)))
-                })
+                .map(|(&slot, &last)| read(&mut values, slot, last).ok_or_else(|| shape(ShapeError::UnsetSlot(slot))))
                 .collect::<Result<_, _>>()?;
             if let (true, Some(Fold { layer, residual, relu }), Op::Conv { window, .. }) =
                 (fold, self.folds[index - 1], &step.op)
             {
                 let folded = self.inference_affine(layer, relu).map_err(shape)?;
                 let residual = match residual {
-                    Some(Residual { slot, last }) => Some(
-                        if last { values[slot].take() } else { values[slot].clone() }
-                            .ok_or_else(|| shape(ShapeError::UnsetSlot(slot)))?,
-                    ),
+                    Some(Residual { slot, last }) => {
+                        Some(read(&mut values, slot, last).ok_or_else(|| shape(ShapeError::UnsetSlot(slot)))?)
+                    }
                     None => None,
                 };
                 // The folded steps' outputs are read by nothing but the next folded step.
@@ -327,6 +323,11 @@ impl Graph {
         }
         params
     }
+}
+
+/// A slot's value for a step: moved out on its last read, shared otherwise.
+fn read(values: &mut [Option<Value>], slot: usize, last: bool) -> Option<Value> {
+    if last { values[slot].take() } else { values[slot].clone() }
 }
 
 /// Per step and input, whether it is the slot's last read: no later input of this step or of a

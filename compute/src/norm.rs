@@ -21,7 +21,7 @@ use burn::tensor::TensorData;
 use cema_core::NormLayer;
 
 use crate::error::ShapeError;
-use crate::ops::{Value, f32_values};
+use crate::ops::Value;
 use crate::trained::{Variance, normalise_trained};
 
 /// How normalisation layers compute.
@@ -68,12 +68,8 @@ pub(crate) fn normalise(
     let eps = layer.epsilon;
     if x.rank == 4 && mode != NormMode::Inference {
         let [gamma, beta, running_mean, running_var] = &params;
-        let running = match mode {
-            NormMode::Tbr => Some((f32_values(running_mean)?, f32_values(running_var)?)),
-            _ => None,
-        };
+        let running = (mode == NormMode::Tbr).then_some([running_mean, running_var]);
         let variance = if mode == NormMode::Batch { Variance::Biased } else { Variance::Unbiased };
-        let running = running.as_ref().map(|(mean, var)| (mean.as_slice(), var.as_slice()));
         if let Some(measured) = normalise_trained(&x.t, [gamma, beta], running, eps, variance)? {
             let device = x.t.device();
             let per_channel = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
@@ -81,7 +77,7 @@ pub(crate) fn normalise(
             return Ok((Value { t: measured.output, rank: 4 }, Some(stats)));
         }
     }
-    composed(x, params, layer, mode)
+    composed(x, params, layer, mode, shape)
 }
 
 /// [`normalise`] as a composition of burn's operations, which differentiate on their own:
@@ -91,9 +87,9 @@ fn composed(
     params: [Tensor<4>; 4],
     layer: &NormLayer,
     mode: NormMode,
+    shape: [usize; 4],
 ) -> Result<(Value, Option<BatchStats>), ShapeError> {
     let channels = layer.channels;
-    let shape = if x.rank == 4 { [1, channels, 1, 1] } else { [1, 1, 1, channels] };
     let dims = x.t.dims();
     let eps = layer.epsilon;
     let [gamma, beta, running_mean, running_var] = params.map(|p| p.reshape(shape));
@@ -185,8 +181,7 @@ mod tests {
                 ];
                 let value = Value { t: x.clone(), rank: 4 };
                 if own {
-                    let running = (values(p[2].clone()), values(p[3].clone()));
-                    let running = (mode == NormMode::Tbr).then_some((running.0.as_slice(), running.1.as_slice()));
+                    let running = (mode == NormMode::Tbr).then_some([&p[2], &p[3]]);
                     let variance = if mode == NormMode::Batch { Variance::Biased } else { Variance::Unbiased };
                     let applies = normalise_trained(&x, [&p[0], &p[1]], running, layer.epsilon, variance);
                     assert!(applies.expect("normalise").is_some(), "{mode:?}: the layer's own operation applies");
@@ -194,7 +189,7 @@ mod tests {
                 let (y, stats) = if own {
                     normalise(&value, p.clone(), &layer, mode)
                 } else {
-                    composed(&value, p.clone(), &layer, mode)
+                    composed(&value, p.clone(), &layer, mode, [1, c, 1, 1])
                 }
                 .expect("normalise");
                 let stats = stats.expect("statistics");

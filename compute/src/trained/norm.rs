@@ -116,12 +116,12 @@ impl Backward<Flex, 3> for BatchNormalisation {
 }
 
 /// Normalises `x` `[N, C, H, W]` (a `cpu_autodiff()` tensor) over its batch statistics, with
-/// TBR's correction towards `running` (mean, variance) when given. `None` when it does not apply
+/// TBR's correction towards `running` (mean, variance tensors) when given. `None` when it does not apply
 /// (another backend, non-f32 values): the caller uses burn's operations.
 pub(crate) fn normalise_trained(
     x: &Tensor<4>,
     [gamma, beta]: [&Tensor<4>; 2],
-    running: Option<(&[f32], &[f32])>,
+    running: Option<[&Tensor<4>; 2]>,
     epsilon: f32,
     variance: Variance,
 ) -> Result<Option<Measured>, ShapeError> {
@@ -138,6 +138,16 @@ pub(crate) fn normalise_trained(
         return Ok(None);
     };
     let (xv, gv, bv) = (xv.as_slice(), gv.as_slice(), bv.as_slice());
+    let running = match running {
+        Some([mean, var]) => {
+            let (Some((_, mean)), Some((_, var))) = (trained_values(mean), trained_values(var)) else {
+                return Ok(None);
+            };
+            Some((mean, var))
+        }
+        None => None,
+    };
+    let running = running.as_ref().map(|(mean, var)| (mean.as_slice(), var.as_slice()));
     let running_len = running.map_or(c, |(m, v)| m.len().min(v.len()));
     if gv.len() != c || bv.len() != c || running_len != c {
         let actual = [gv.len(), bv.len(), running_len].into_iter().find(|&l| l != c).unwrap_or(c);
