@@ -421,7 +421,7 @@ pub(crate) fn conv_shifted(
     };
     let epilogue = Epilogue { shift: &shift, residual: residual.as_deref(), relu: relu && late.is_none() };
     let device = x.device();
-    let (y, [out_h, out_w]) = conv_stride1(&into_f32_values(x)?, &weights, epilogue, &g)?;
+    let (y, [out_h, out_w]) = conv_stride1(&into_f32_values(x)?, weights, epilogue, &g)?;
     let dims = [g.batch, g.out_channels, out_h, out_w];
     let mut out = Value { t: Tensor::from_data(TensorData::new(y, dims), &device), rank: 4 };
     if let Some(r) = late {
@@ -440,7 +440,7 @@ fn conv_frozen_weights(args: &[Value], window: &Window) -> Result<Option<Tensor<
         return Ok(None);
     }
     let Stride1 { x, weights, shift, geometry } = Stride1::of(args, window)?;
-    conv_frozen_weight(&x, &weights, &shift, &geometry)
+    conv_frozen_weight(&x, weights, &shift, &geometry)
 }
 
 /// A convolution as one matrix product over columns built from the input's rows:

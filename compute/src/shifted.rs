@@ -70,10 +70,10 @@ pub(crate) struct Epilogue<'a> {
 }
 
 /// The convolution of `input` `[N, C, H, W]` with `weight` `[Cout, C, kh, kw]`, then `epilogue`:
-/// `[N, Cout, H', W']`, and `[H', W']`.
+/// `[N, Cout, H', W']`, and `[H', W']`. The weights become the product's operand as they are.
 pub(crate) fn conv_stride1(
     input: &[f32],
-    weight: &[f32],
+    weight: Vec<f32>,
     epilogue: Epilogue<'_>,
     g: &Geometry,
 ) -> Result<(Vec<f32>, [usize; 2]), ShapeError> {
@@ -102,7 +102,7 @@ pub(crate) fn conv_stride1(
         return Ok((output, [out_h, out_w]));
     }
     let taps = kh * kw;
-    let weights = FlexTensor::from_data(TensorData::new(weight.to_vec(), [cout, c * taps]));
+    let weights = FlexTensor::from_data(TensorData::new(weight, [cout, c * taps]));
     let pointwise = taps == 1 && g.padding == [(0, 0); 2];
     let stack = Stack::of(g);
     let images = chunk_images(g.batch, c * stack.image_rows * wp);
@@ -271,7 +271,7 @@ mod tests {
                 for threads in [1, 2, 5] {
                     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
                     let (got, size) =
-                        pool.install(|| conv_stride1(&input, &weight, epilogue, &g)).expect("a convolution");
+                        pool.install(|| conv_stride1(&input, weight.clone(), epilogue, &g)).expect("a convolution");
                     assert_eq!(size, [out_h, out_w], "case {case}");
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!(

@@ -46,8 +46,8 @@ impl Backward<Flex, 1> for FrozenWeightConv {
         let zeros = vec![0.0; g.out_channels];
         let epilogue = Epilogue { shift: &zeros, residual: None, relu: false };
         // The geometry was derived and checked from the forward's own, so it cannot fail here.
-        let (dx, [h, w]) =
-            conv_stride1(values.as_slice(), &ops.state.weight, epilogue, &g).expect("the input gradient's geometry");
+        let (dx, [h, w]) = conv_stride1(values.as_slice(), Arc::unwrap_or_clone(ops.state.weight), epilogue, &g)
+            .expect("the input gradient's geometry");
         let dims = [g.batch, g.out_channels, h, w];
         grads.register::<Flex>(input.id, flex_tensor(dx, dims));
     }
@@ -59,7 +59,7 @@ impl Backward<Flex, 1> for FrozenWeightConv {
 /// cropping): the caller uses burn's convolution.
 pub(crate) fn conv_frozen_weight(
     x: &Tensor<4>,
-    weight: &[f32],
+    weight: Vec<f32>,
     bias: &[f32],
     g: &Geometry,
 ) -> Result<Option<Tensor<4>>, ShapeError> {
@@ -70,27 +70,28 @@ pub(crate) fn conv_frozen_weight(
     };
     let (Some(rows), Some(columns)) = (complement(0), complement(1)) else { return Ok(None) };
     let Some((x, values)) = trained_values(x) else { return Ok(None) };
-    let (y, [out_h, out_w]) =
-        conv_stride1(values.as_slice(), weight, Epilogue { shift: bias, residual: None, relu: false }, g)?;
-    let output = flex_tensor(y, [g.batch, g.out_channels, out_h, out_w]);
-    let prepared = FrozenWeightConv.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful();
-    let output = match prepared {
+    let forward = |weight: Vec<f32>| {
+        let epilogue = Epilogue { shift: bias, residual: None, relu: false };
+        let (y, [out_h, out_w]) = conv_stride1(values.as_slice(), weight, epilogue, g)?;
+        Ok::<_, ShapeError>((flex_tensor(y, [g.batch, g.out_channels, out_h, out_w]), [out_h, out_w]))
+    };
+    let output = match FrozenWeightConv.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
-            let state = InputGradient {
-                weight: Arc::new(reversed_transpose(weight, g)),
-                geometry: Geometry {
-                    batch: g.batch,
-                    channels: g.out_channels,
-                    size: [out_h, out_w],
-                    out_channels: g.channels,
-                    kernel: g.kernel,
-                    padding: [rows, columns],
-                    dilation: g.dilation,
-                },
+            // Reversed before the forward takes the weights; only a tracked input needs them.
+            let reversed = Arc::new(reversed_transpose(&weight, g));
+            let (output, size) = forward(weight)?;
+            let geometry = Geometry {
+                batch: g.batch,
+                channels: g.out_channels,
+                size,
+                out_channels: g.channels,
+                kernel: g.kernel,
+                padding: [rows, columns],
+                dilation: g.dilation,
             };
-            prep.finish(state, output)
+            prep.finish(InputGradient { weight: reversed, geometry }, output)
         }
-        OpsKind::UnTracked(prep) => prep.finish(output),
+        OpsKind::UnTracked(prep) => prep.finish(forward(weight)?.0),
     };
     Ok(Some(Tensor::from_primitive::<Trained>(output)))
 }
@@ -143,7 +144,7 @@ mod tests {
             let bias = rng.vec(cout, -1.0, 1.0);
             let g = Geometry { batch: n, channels: c, size: [h, w], out_channels: cout, kernel, padding, dilation };
             let x = batch(&input, [n, c, h, w], &device).require_grad();
-            let ours = conv_frozen_weight(&x, &weight, &bias, &g).expect("geometry").expect("applies");
+            let ours = conv_frozen_weight(&x, weight.clone(), &bias, &g).expect("geometry").expect("applies");
 
             let x_burn = batch(&input, [n, c, h, w], &device).require_grad();
             let options = ConvOptions::new_with_padding([1, 1], padding, dilation, 1);
@@ -167,7 +168,8 @@ mod tests {
             close(grad(&x, &grads), grad(&x_burn, &grads_burn), "input gradient");
 
             let constant = batch(&input, [n, c, h, w], &device);
-            let untracked = conv_frozen_weight(&constant, &weight, &bias, &g).expect("geometry").expect("applies");
+            let untracked =
+                conv_frozen_weight(&constant, weight.clone(), &bias, &g).expect("geometry").expect("applies");
             close(values(untracked), values(theirs), "output of an input without gradient");
         }
     }
@@ -186,6 +188,6 @@ mod tests {
             dilation: [1, 1],
         };
         let x = batch(&[0.5; 16], [1, 1, 4, 4], &device).require_grad();
-        assert!(conv_frozen_weight(&x, &[1.0; 9], &[0.0], &g).expect("geometry").is_none());
+        assert!(conv_frozen_weight(&x, vec![1.0; 9], &[0.0], &g).expect("geometry").is_none());
     }
 }
